@@ -1,0 +1,20 @@
+//! Handoff's domain: the identifiers and records that every layer shares, the validation rules for everything a
+//! client can send (usernames, passwords, file names), the access policy, and the two ports — [`MetadataStore`]
+//! and [`BlobStore`] — that the database and storage crates implement.
+//!
+//! This crate knows nothing of HTTP, SQL or any cloud SDK: adapters translate to and from these types.
+
+pub mod ids;
+pub mod model;
+pub mod names;
+pub mod policy;
+pub mod ports;
+
+pub use ids::{BlobId, FileKey, RefreshTokenSecret, UserId};
+pub use model::{
+    FileCursor, FilePage, FilePatch, FileRecord, NewRefreshToken, NewUser, RefreshOutcome, SigningKeyRecord, User,
+    Visibility, now,
+};
+pub use names::{FileName, NameError, Password, Username};
+pub use policy::{Access, FileAction, file_access};
+pub use ports::{BlobReader, BlobStore, BlobWriter, MetadataStore, StoreError, StoreResult};

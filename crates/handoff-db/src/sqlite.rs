@@ -1,0 +1,388 @@
+//! SQLite backend: the self-hosted default. One file in the data directory, WAL journal, `synchronous=FULL` so an
+//! acknowledged commit survives power loss. Writes go through a single-connection pool (SQLite allows one writer
+//! at a time; queueing in the pool is cheaper and fairer than SQLITE_BUSY retries), reads through a small pool that
+//! runs beside it thanks to WAL. Multi-statement writes use `BEGIN IMMEDIATE`.
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use handoff_core::model::NewRefreshToken;
+use handoff_core::{
+    BlobId, FileCursor, FileKey, FileName, FilePatch, FileRecord, MetadataStore, NewUser, RefreshOutcome,
+    SigningKeyRecord, StoreError, StoreResult, User, UserId, Username, Visibility,
+};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, SqlSafeStr as _, SqlitePool};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{ConnectError, from_micros, micros, store_error};
+
+fn migrator() -> Migrator {
+    let migrations = vec![Migration::new(
+        1,
+        Cow::Borrowed("init"),
+        MigrationType::Simple,
+        include_str!("../migrations/sqlite/0001_init.sql").into_sql_str(),
+        false,
+    )];
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ..Migrator::DEFAULT
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+const FILE_COLUMNS: &str =
+    "key, blob_id, owner_id, name, size, sha256, content_type, visibility, created_at, updated_at";
+const USER_COLUMNS: &str = "id, username, email, password_hash, is_admin, disabled, created_at";
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `url` and applies migrations.
+    pub async fn open(url: &str) -> Result<Self, ConnectError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| ConnectError::InvalidUrl(e.to_string()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await
+            .map_err(ConnectError::Open)?;
+        migrator().run(&writer).await.map_err(ConnectError::Migrate)?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(ConnectError::Open)?;
+        Ok(Self { writer, reader })
+    }
+}
+
+fn text_uuid(row: &SqliteRow, column: &str) -> StoreResult<Uuid> {
+    let text: String = row.try_get(column).map_err(store_error)?;
+    Uuid::parse_str(&text).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+}
+
+fn user_from_row(row: &SqliteRow) -> StoreResult<User> {
+    Ok(User {
+        id: UserId(text_uuid(row, "id")?),
+        username: Username::from_trusted(row.try_get("username").map_err(store_error)?),
+        email: row.try_get("email").map_err(store_error)?,
+        password_hash: row.try_get("password_hash").map_err(store_error)?,
+        is_admin: row.try_get("is_admin").map_err(store_error)?,
+        disabled: row.try_get("disabled").map_err(store_error)?,
+        created_at: from_micros(row.try_get("created_at").map_err(store_error)?)?,
+    })
+}
+
+fn file_from_row(row: &SqliteRow) -> StoreResult<FileRecord> {
+    let key: String = row.try_get("key").map_err(store_error)?;
+    let visibility: String = row.try_get("visibility").map_err(store_error)?;
+    let size: i64 = row.try_get("size").map_err(store_error)?;
+    Ok(FileRecord {
+        key: FileKey::parse(&key).ok_or_else(|| StoreError::Corrupt("file key".into()))?,
+        blob: BlobId(text_uuid(row, "blob_id")?),
+        owner: UserId(text_uuid(row, "owner_id")?),
+        name: FileName::from_trusted(row.try_get("name").map_err(store_error)?),
+        size: u64::try_from(size).map_err(|_| StoreError::Corrupt("negative size".into()))?,
+        sha256: row.try_get("sha256").map_err(store_error)?,
+        content_type: row.try_get("content_type").map_err(store_error)?,
+        visibility: Visibility::parse(&visibility)
+            .ok_or_else(|| StoreError::Corrupt(format!("visibility {visibility}")))?,
+        created_at: from_micros(row.try_get("created_at").map_err(store_error)?)?,
+        updated_at: from_micros(row.try_get("updated_at").map_err(store_error)?)?,
+    })
+}
+
+fn size_i64(size: u64) -> StoreResult<i64> {
+    i64::try_from(size).map_err(|_| StoreError::Corrupt("size beyond i64".into()))
+}
+
+#[async_trait]
+impl MetadataStore for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.reader)
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn create_user(&self, new: NewUser) -> StoreResult<User> {
+        let user = User {
+            id: UserId::generate(),
+            username: new.username,
+            email: new.email,
+            password_hash: Some(new.password_hash),
+            is_admin: false,
+            disabled: false,
+            created_at: handoff_core::now(),
+        };
+        sqlx::query(
+            "INSERT INTO users (id, username, email, password_hash, is_admin, disabled, created_at)
+             VALUES (?, ?, ?, ?, 0, 0, ?)",
+        )
+        .bind(user.id.0.to_string())
+        .bind(user.username.as_str())
+        .bind(user.email.as_deref())
+        .bind(user.password_hash.as_deref())
+        .bind(micros(user.created_at))
+        .execute(&self.writer)
+        .await
+        .map_err(store_error)?;
+        Ok(user)
+    }
+
+    async fn user_by_username(&self, username: &Username) -> StoreResult<Option<User>> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username = ?");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(username.as_str())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(store_error)?
+            .map(|row| user_from_row(&row))
+            .transpose()
+    }
+
+    async fn user_by_id(&self, id: UserId) -> StoreResult<Option<User>> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.0.to_string())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(store_error)?
+            .map(|row| user_from_row(&row))
+            .transpose()
+    }
+
+    async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
+        let rows = sqlx::query(
+            "SELECT kid, algorithm, private_der, public_raw, created_at FROM signing_keys
+             ORDER BY created_at DESC, kid DESC",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(store_error)?;
+        rows.iter()
+            .map(|row| {
+                Ok(SigningKeyRecord {
+                    kid: row.try_get("kid").map_err(store_error)?,
+                    algorithm: row.try_get("algorithm").map_err(store_error)?,
+                    private_der: row.try_get("private_der").map_err(store_error)?,
+                    public_raw: row.try_get("public_raw").map_err(store_error)?,
+                    created_at: from_micros(row.try_get("created_at").map_err(store_error)?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn insert_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, algorithm, private_der, public_raw, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&key.kid)
+        .bind(&key.algorithm)
+        .bind(&key.private_der)
+        .bind(&key.public_raw)
+        .bind(micros(key.created_at))
+        .execute(&self.writer)
+        .await
+        .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn insert_refresh_token(&self, token: &NewRefreshToken) -> StoreResult<()> {
+        sqlx::query("INSERT INTO refresh_tokens (hash, family, user_id, expires_at) VALUES (?, ?, ?, ?)")
+            .bind(&token.hash[..])
+            .bind(token.family.to_string())
+            .bind(token.user.0.to_string())
+            .bind(micros(token.expires_at))
+            .execute(&self.writer)
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        presented: &[u8; 32],
+        successor_hash: &[u8; 32],
+        successor_expires_at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> StoreResult<RefreshOutcome> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(store_error)?;
+        let Some(row) =
+            sqlx::query("SELECT family, user_id, expires_at, spent, revoked FROM refresh_tokens WHERE hash = ?")
+                .bind(&presented[..])
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(store_error)?
+        else {
+            return Ok(RefreshOutcome::Invalid);
+        };
+        let family: String = row.try_get("family").map_err(store_error)?;
+        let spent: bool = row.try_get("spent").map_err(store_error)?;
+        let revoked: bool = row.try_get("revoked").map_err(store_error)?;
+        if spent || revoked {
+            sqlx::query("UPDATE refresh_tokens SET revoked = 1 WHERE family = ?")
+                .bind(&family)
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+            tx.commit().await.map_err(store_error)?;
+            return Ok(RefreshOutcome::Reused);
+        }
+        let expires_at: i64 = row.try_get("expires_at").map_err(store_error)?;
+        if expires_at <= micros(now) {
+            return Ok(RefreshOutcome::Invalid);
+        }
+        let user = UserId(text_uuid(&row, "user_id")?);
+        sqlx::query("UPDATE refresh_tokens SET spent = 1 WHERE hash = ?")
+            .bind(&presented[..])
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        sqlx::query("INSERT INTO refresh_tokens (hash, family, user_id, expires_at) VALUES (?, ?, ?, ?)")
+            .bind(&successor_hash[..])
+            .bind(&family)
+            .bind(user.0.to_string())
+            .bind(micros(successor_expires_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(RefreshOutcome::Rotated { user })
+    }
+
+    async fn revoke_refresh_family(&self, presented: &[u8; 32]) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE refresh_tokens SET revoked = 1
+             WHERE family = (SELECT family FROM refresh_tokens WHERE hash = ?)",
+        )
+        .bind(&presented[..])
+        .execute(&self.writer)
+        .await
+        .map_err(store_error)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn insert_files(&self, files: &[FileRecord]) -> StoreResult<()> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(store_error)?;
+        for file in files {
+            let sql = format!("INSERT INTO files ({FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(file.key.as_str())
+                .bind(file.blob.0.to_string())
+                .bind(file.owner.0.to_string())
+                .bind(file.name.as_str())
+                .bind(size_i64(file.size)?)
+                .bind(&file.sha256)
+                .bind(&file.content_type)
+                .bind(file.visibility.as_str())
+                .bind(micros(file.created_at))
+                .bind(micros(file.updated_at))
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        }
+        tx.commit().await.map_err(store_error)
+    }
+
+    async fn file_by_key(&self, key: &FileKey) -> StoreResult<Option<FileRecord>> {
+        let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE key = ?");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(key.as_str())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(store_error)?
+            .map(|row| file_from_row(&row))
+            .transpose()
+    }
+
+    async fn list_files(&self, owner: UserId, after: Option<&FileCursor>, limit: u32) -> StoreResult<Vec<FileRecord>> {
+        let rows = match after {
+            None => {
+                let sql = format!(
+                    "SELECT {FILE_COLUMNS} FROM files WHERE owner_id = ?
+                     ORDER BY created_at DESC, key DESC LIMIT ?"
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(owner.0.to_string())
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.reader)
+                    .await
+            }
+            Some(cursor) => {
+                let sql = format!(
+                    "SELECT {FILE_COLUMNS} FROM files WHERE owner_id = ? AND (created_at, key) < (?, ?)
+                     ORDER BY created_at DESC, key DESC LIMIT ?"
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(owner.0.to_string())
+                    .bind(micros(cursor.created_at))
+                    .bind(cursor.key.as_str())
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.reader)
+                    .await
+            }
+        }
+        .map_err(store_error)?;
+        rows.iter().map(file_from_row).collect()
+    }
+
+    async fn update_file(
+        &self,
+        key: &FileKey,
+        patch: &FilePatch,
+        now: OffsetDateTime,
+    ) -> StoreResult<Option<FileRecord>> {
+        let sql = format!(
+            "UPDATE files SET name = COALESCE(?, name), visibility = COALESCE(?, visibility), updated_at = ?
+             WHERE key = ? RETURNING {FILE_COLUMNS}"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(patch.name.as_ref().map(FileName::as_str))
+            .bind(patch.visibility.map(Visibility::as_str))
+            .bind(micros(now))
+            .bind(key.as_str())
+            .fetch_optional(&self.writer)
+            .await
+            .map_err(store_error)?
+            .map(|row| file_from_row(&row))
+            .transpose()
+    }
+
+    async fn delete_file(&self, key: &FileKey) -> StoreResult<Option<FileRecord>> {
+        let sql = format!("DELETE FROM files WHERE key = ? RETURNING {FILE_COLUMNS}");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(key.as_str())
+            .fetch_optional(&self.writer)
+            .await
+            .map_err(store_error)?
+            .map(|row| file_from_row(&row))
+            .transpose()
+    }
+
+    async fn blob_is_referenced(&self, blob: BlobId) -> StoreResult<bool> {
+        let row = sqlx::query("SELECT EXISTS (SELECT 1 FROM files WHERE blob_id = ?) AS referenced")
+            .bind(blob.0.to_string())
+            .fetch_one(&self.reader)
+            .await
+            .map_err(store_error)?;
+        row.try_get("referenced").map_err(store_error)
+    }
+}

@@ -1,0 +1,201 @@
+//! Access tokens: EdDSA (Ed25519) JWTs signed with keys kept in the metadata store, so every node signs and
+//! verifies with the same set. The newest key signs; every stored key verifies (rotation keeps old tokens valid
+//! until they expire). Only `EdDSA` is accepted, `kid` must name a stored key, and `jku`/`x5u`/`jwk` headers are
+//! never consulted.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+use handoff_core::{MetadataStore, SigningKeyRecord, StoreError, StoreResult, User, UserId};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use tokio::sync::RwLock;
+use uuid::Uuid;
+
+const ALGORITHM: Algorithm = Algorithm::EdDSA;
+const ALGORITHM_NAME: &str = "EdDSA";
+/// An unknown `kid` triggers at most one reload of the key set per this interval, so forged `kid`s cannot turn
+/// into a database flood.
+const RELOAD_INTERVAL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub aud: String,
+    pub sub: Uuid,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+    pub jti: Uuid,
+}
+
+/// Why a token was refused. Deliberately coarse towards the client.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("the token is malformed, forged, expired or not meant for this service")]
+    Invalid,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct KeySet {
+    signer_kid: String,
+    signer: EncodingKey,
+    verifiers: HashMap<String, DecodingKey>,
+    public: Vec<(String, Vec<u8>)>,
+    loaded_at: Instant,
+}
+
+pub struct TokenService {
+    meta: Arc<dyn MetadataStore>,
+    issuer: String,
+    audience: String,
+    ttl: Duration,
+    validation: Validation,
+    keys: RwLock<KeySet>,
+}
+
+impl std::fmt::Debug for TokenService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenService")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+fn generate_key() -> StoreResult<SigningKeyRecord> {
+    let signing = SigningKey::from_bytes(&handoff_core::ids::os_random::<32>());
+    let private_der = signing
+        .to_pkcs8_der()
+        .map_err(|e| StoreError::other(std::io::Error::other(e.to_string())))?;
+    let public_raw = signing.verifying_key().to_bytes().to_vec();
+    Ok(SigningKeyRecord {
+        kid: URL_SAFE_NO_PAD.encode(handoff_core::ids::os_random::<12>()),
+        algorithm: ALGORITHM_NAME.into(),
+        private_der: private_der.as_bytes().to_vec(),
+        public_raw,
+        created_at: handoff_core::now(),
+    })
+}
+
+async fn load_keys(meta: &dyn MetadataStore) -> StoreResult<KeySet> {
+    let mut records = meta.signing_keys().await?;
+    records.retain(|k| k.algorithm == ALGORITHM_NAME);
+    if records.is_empty() {
+        // First start of the cluster. Two nodes racing here each insert a key; both keys verify, the newest signs.
+        meta.insert_signing_key(&generate_key()?).await?;
+        records = meta.signing_keys().await?;
+        records.retain(|k| k.algorithm == ALGORITHM_NAME);
+    }
+    let newest = records
+        .first()
+        .ok_or_else(|| StoreError::Corrupt("no signing key after inserting one".into()))?;
+    Ok(KeySet {
+        signer_kid: newest.kid.clone(),
+        signer: EncodingKey::from_ed_der(&newest.private_der),
+        verifiers: records
+            .iter()
+            .map(|k| (k.kid.clone(), DecodingKey::from_ed_der(&k.public_raw)))
+            .collect(),
+        public: records.iter().map(|k| (k.kid.clone(), k.public_raw.clone())).collect(),
+        loaded_at: Instant::now(),
+    })
+}
+
+impl TokenService {
+    pub async fn load(meta: Arc<dyn MetadataStore>, issuer: &str, audience: &str, ttl: Duration) -> StoreResult<Self> {
+        let keys = load_keys(meta.as_ref()).await?;
+        let mut validation = Validation::new(ALGORITHM);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = 30;
+        Ok(Self {
+            meta,
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            ttl,
+            validation,
+            keys: RwLock::new(keys),
+        })
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    pub async fn issue(&self, user: &User) -> Result<String, TokenError> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: user.id.0,
+            iat: now,
+            nbf: now,
+            exp: now + i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX / 2),
+            jti: Uuid::new_v4(),
+        };
+        let keys = self.keys.read().await;
+        let mut header = Header::new(ALGORITHM);
+        header.kid = Some(keys.signer_kid.clone());
+        jsonwebtoken::encode(&header, &claims, &keys.signer).map_err(|e| TokenError::Store(StoreError::other(e)))
+    }
+
+    /// The user id a valid token speaks for.
+    pub async fn verify(&self, token: &str) -> Result<UserId, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
+        if header.alg != ALGORITHM {
+            return Err(TokenError::Invalid);
+        }
+        let kid = header.kid.ok_or(TokenError::Invalid)?;
+        if let Some(user) = self.verify_with(&kid, token).await? {
+            return Ok(user);
+        }
+        // Possibly a key another node just created: reload, but not more than once per interval.
+        {
+            let mut keys = self.keys.write().await;
+            if keys.loaded_at.elapsed() < RELOAD_INTERVAL {
+                return Err(TokenError::Invalid);
+            }
+            *keys = load_keys(self.meta.as_ref()).await?;
+        }
+        self.verify_with(&kid, token).await?.ok_or(TokenError::Invalid)
+    }
+
+    /// `Ok(None)` when `kid` is not in the current set.
+    async fn verify_with(&self, kid: &str, token: &str) -> Result<Option<UserId>, TokenError> {
+        let keys = self.keys.read().await;
+        let Some(key) = keys.verifiers.get(kid) else {
+            return Ok(None);
+        };
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|_| TokenError::Invalid)?;
+        Ok(Some(UserId(data.claims.sub)))
+    }
+
+    /// The public keys as a JWK Set (RFC 7517; OKP keys per RFC 8037).
+    pub async fn jwks(&self) -> serde_json::Value {
+        let keys = self.keys.read().await;
+        let keys: Vec<_> = keys
+            .public
+            .iter()
+            .map(|(kid, raw)| {
+                serde_json::json!({
+                    "kty": "OKP",
+                    "crv": "Ed25519",
+                    "alg": ALGORITHM_NAME,
+                    "use": "sig",
+                    "kid": kid,
+                    "x": URL_SAFE_NO_PAD.encode(raw),
+                })
+            })
+            .collect();
+        serde_json::json!({ "keys": keys })
+    }
+}

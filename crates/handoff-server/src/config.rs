@@ -1,0 +1,201 @@
+//! The one typed configuration. Layering (defaults → `--config` TOML → `HANDOFF_*` environment → flags) is done
+//! by the binary; this module owns the shape, the defaults, the derived values and the redacted view.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use handoff_core::Visibility;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where the default SQLite database and local blobs live.
+    pub data_dir: PathBuf,
+    /// `sqlite://PATH`. Default: `sqlite://<data_dir>/handoff.db`.
+    pub database_url: Option<String>,
+    /// `file://DIR` or `memory://`. Default: `file://<data_dir>/storage`.
+    pub storage_url: Option<String>,
+    /// Visibility of new files when the upload does not say.
+    pub default_visibility: Visibility,
+    pub auth: AuthConfig,
+    pub limits: Limits,
+    pub maintenance: Maintenance,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `iss` of the tokens this server signs, and the only issuer it accepts for them.
+    pub issuer: String,
+    /// `aud` of the tokens this server signs, and the only audience it accepts.
+    pub audience: String,
+    pub access_token_ttl_secs: u64,
+    pub refresh_token_ttl_secs: u64,
+    /// Whether `POST /auth/signup` is open.
+    pub signup_enabled: bool,
+    /// Concurrent argon2id computations; more requests queue. Bounds the CPU and memory a sign-in flood can take.
+    pub password_hash_concurrency: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_file_size: u64,
+    pub max_files_per_request: usize,
+    pub max_json_body: usize,
+    /// Upper bound on a request's header section.
+    pub max_header_bytes: usize,
+    pub max_file_name_bytes: usize,
+    pub max_page_size: u32,
+    /// A client must send its complete request head within this time (slowloris).
+    pub header_read_timeout_secs: u64,
+    /// A connection on which nothing is read or written for this long is closed (idle keep-alive, stalled
+    /// bodies, stalled readers).
+    pub idle_timeout_secs: u64,
+    /// On shutdown, in-flight requests get this long to finish.
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Maintenance {
+    /// How often the collector looks for orphaned and partial blobs.
+    pub interval_secs: u64,
+    /// Blobs younger than this are never collected: they may belong to an upload being committed right now.
+    pub orphan_grace_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./handoff-data"),
+            database_url: None,
+            storage_url: None,
+            default_visibility: Visibility::Key,
+            auth: AuthConfig::default(),
+            limits: Limits::default(),
+            maintenance: Maintenance::default(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "handoff".into(),
+            audience: "handoff".into(),
+            access_token_ttl_secs: 15 * 60,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+            signup_enabled: true,
+            password_hash_concurrency: std::thread::available_parallelism().map_or(2, usize::from),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_file_size: 100 << 30,
+            max_files_per_request: 100,
+            max_json_body: 64 << 10,
+            max_header_bytes: 16 << 10,
+            max_file_name_bytes: 255,
+            max_page_size: 1000,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+impl Default for Maintenance {
+    fn default() -> Self {
+        Self {
+            interval_secs: 600,
+            orphan_grace_secs: 3600,
+        }
+    }
+}
+
+impl Config {
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("handoff.db").display()))
+    }
+
+    pub fn storage_url(&self) -> String {
+        self.storage_url
+            .clone()
+            .unwrap_or_else(|| format!("file://{}", self.data_dir.join("storage").display()))
+    }
+
+    /// The effective configuration with every derived default filled in and secrets masked: what
+    /// `handoff config` prints and what start-up logs.
+    pub fn redacted(&self) -> Self {
+        let mut shown = self.clone();
+        shown.database_url = Some(redact_url(&self.database_url()));
+        shown.storage_url = Some(redact_url(&self.storage_url()));
+        shown
+    }
+
+    pub fn access_token_ttl(&self) -> Duration {
+        Duration::from_secs(self.auth.access_token_ttl_secs)
+    }
+}
+
+/// Masks the password of `scheme://user:password@host/…`.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = self.redacted();
+        f.debug_struct("Config")
+            .field("listen", &shown.listen)
+            .field("data_dir", &shown.data_dir)
+            .field("database_url", &shown.database_url)
+            .field("storage_url", &shown.storage_url)
+            .field("default_visibility", &shown.default_visibility)
+            .field("auth", &shown.auth)
+            .field("limits", &shown.limits)
+            .field("maintenance", &shown.maintenance)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_urls_are_masked() {
+        assert_eq!(
+            redact_url("postgres://handoff:s3cret@db:5432/handoff"),
+            "postgres://handoff:***@db:5432/handoff"
+        );
+        assert_eq!(redact_url("sqlite://./data/handoff.db"), "sqlite://./data/handoff.db");
+        let config = Config {
+            database_url: Some("postgres://u:hunter2@h/db".into()),
+            ..Config::default()
+        };
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+}

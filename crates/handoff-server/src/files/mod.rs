@@ -1,0 +1,359 @@
+//! Files: the origin-compatible surface (`POST /files`, `GET /files?fileName=<key>`) and its REST twins
+//! (`GET/PATCH/DELETE /files/{key}`, `GET /files/{key}/content`). Every decision about who may do what is
+//! delegated to [`handoff_core::file_access`].
+
+pub mod download;
+pub mod upload;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use handoff_core::{
+    Access, FileAction, FileCursor, FileKey, FileName, FilePatch, FileRecord, User, Visibility, file_access,
+};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, Problem};
+use crate::state::AppState;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_or_download, upload))
+        .routes(routes!(metadata, update, delete))
+        .routes(routes!(content))
+}
+
+fn visibility_schema() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(["private", "key"]))
+        .description(Some(
+            "`private`: only the owner; `key`: any signed-in user who holds the key",
+        ))
+        .into()
+}
+
+/// A stored file as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FileView {
+    /// The secret key: anyone signed in who holds it may download the file unless it is private.
+    #[schema(example = "q3Vh0xJY0bQm3mC7b4d2nKkzv1Zs9eAa")]
+    key: String,
+    #[schema(example = "report.pdf")]
+    name: String,
+    size: u64,
+    /// Lower-case hex SHA-256 of the content.
+    sha256: String,
+    #[schema(example = "application/pdf")]
+    content_type: String,
+    #[schema(schema_with = visibility_schema)]
+    visibility: Visibility,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    updated_at: OffsetDateTime,
+    /// Where the bytes are: `GET` it with the same bearer token.
+    #[schema(example = "/files/q3Vh0xJY0bQm3mC7b4d2nKkzv1Zs9eAa/content")]
+    download_url: String,
+}
+
+impl From<&FileRecord> for FileView {
+    fn from(f: &FileRecord) -> Self {
+        Self {
+            key: f.key.to_string(),
+            name: f.name.as_str().to_owned(),
+            size: f.size,
+            sha256: f.sha256.clone(),
+            content_type: f.content_type.clone(),
+            visibility: f.visibility,
+            created_at: f.created_at,
+            updated_at: f.updated_at,
+            download_url: format!("/files/{}/content", f.key),
+        }
+    }
+}
+
+/// Several files uploaded in one multipart request.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UploadedFiles {
+    files: Vec<FileView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FileList {
+    files: Vec<FileView>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct FilesQuery {
+    /// Origin compatibility: the secret key of a file to download. Without it, the caller's files are listed.
+    #[serde(rename = "fileName")]
+    #[param(rename = "fileName")]
+    file_name: Option<String>,
+    /// From `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Page size, 1 to the server's maximum (1000 by default); default 100.
+    limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UploadQuery {
+    /// Name of a raw-body upload (alternatively the `X-File-Name` header).
+    #[serde(rename = "fileName")]
+    #[param(rename = "fileName")]
+    file_name: Option<String>,
+    /// `private` or `key`; default from the server configuration.
+    #[param(value_type = Option<String>)]
+    visibility: Option<Visibility>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpdate {
+    name: Option<String>,
+    #[schema(schema_with = visibility_schema)]
+    visibility: Option<Visibility>,
+}
+
+const DEFAULT_PAGE: u32 = 100;
+
+/// Looks up the file behind a client-supplied key and applies the access policy.
+async fn authorized_file(state: &AppState, user: &User, raw_key: &str, action: FileAction) -> ApiResult<FileRecord> {
+    let key = FileKey::parse(raw_key).ok_or_else(ApiError::file_not_found)?;
+    let file = state
+        .meta
+        .file_by_key(&key)
+        .await?
+        .ok_or_else(ApiError::file_not_found)?;
+    match file_access(user, &file, action) {
+        Access::Allowed => Ok(file),
+        Access::Hidden => Err(ApiError::file_not_found()),
+        Access::Forbidden => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_file_owner",
+            "only the file's owner may do this",
+        )),
+    }
+}
+
+/// List your files, or (origin compatibility) download one with `?fileName=<key>`.
+#[utoipa::path(get, path = "/files", tag = "files", params(FilesQuery), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Without `fileName`: a page of your files, newest first. With `fileName`: the file's bytes.",
+            content((FileList = "application/json"), (Vec<u8> = "application/octet-stream"))),
+        (status = 206, description = "Part of the file (with `fileName` and `Range`)"),
+        (status = 304, description = "Not modified (`If-None-Match`)"),
+        (status = 400, description = "Bad query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such file available to you", body = Problem, content_type = "application/problem+json"),
+        (status = 416, description = "Range not satisfiable", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn list_or_download(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    ApiQuery(query): ApiQuery<FilesQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    if let Some(key) = query.file_name {
+        let file = authorized_file(&state, &user, &key, FileAction::Download).await?;
+        return download::respond(&state, &file, &headers).await;
+    }
+    let max = state.config.limits.max_page_size;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE.min(max));
+    if limit == 0 || limit > max {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be between 1 and {max}"),
+        ));
+    }
+    let after = query
+        .cursor
+        .map(|c| {
+            FileCursor::decode(&c)
+                .ok_or_else(|| ApiError::bad_request("invalid_cursor", "the cursor is not one this server issued"))
+        })
+        .transpose()?;
+    let mut files = state.meta.list_files(user.id, after.as_ref(), limit + 1).await?;
+    let next_cursor = if files.len() > limit as usize {
+        files.truncate(limit as usize);
+        files.last().map(|f| FileCursor::after(f).encode())
+    } else {
+        None
+    };
+    Ok(Json(FileList {
+        files: files.iter().map(FileView::from).collect(),
+        next_cursor,
+    })
+    .into_response())
+}
+
+/// Upload one file (raw body) or several (`multipart/form-data`, parts named `file`).
+#[utoipa::path(post, path = "/files", tag = "files", params(UploadQuery), security(("bearer" = [])),
+    params(("X-File-Name" = Option<String>, Header, description = "Name of a raw-body upload, percent-encoded UTF-8")),
+    request_body(description = "The file itself, or multipart/form-data with one or more `file` parts",
+        content((Vec<u8> = "application/octet-stream"), (Object = "multipart/form-data"))),
+    responses(
+        (status = 201, description = "Stored. One file: its record. Several (multipart): `{\"files\": [...]}`.",
+            content((FileView = "application/json"), (UploadedFiles = "application/json"))),
+        (status = 400, description = "Missing or invalid name, malformed multipart, or interrupted body", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "File too large or too many files", body = Problem, content_type = "application/problem+json"),
+        (status = 507, description = "No space left", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn upload(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    ApiQuery(query): ApiQuery<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let records = upload::store_upload(
+        &state,
+        &user,
+        &headers,
+        query.file_name.as_deref(),
+        query.visibility,
+        body,
+    )
+    .await?;
+    let mut response = match records.as_slice() {
+        [one] => {
+            let location = HeaderValue::from_str(&format!("/files/{}", one.key)).map_err(ApiError::internal)?;
+            (
+                StatusCode::CREATED,
+                [(header::LOCATION, location)],
+                Json(FileView::from(one)),
+            )
+                .into_response()
+        }
+        many => (
+            StatusCode::CREATED,
+            Json(UploadedFiles {
+                files: many.iter().map(FileView::from).collect(),
+            }),
+        )
+            .into_response(),
+    };
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// A file's metadata.
+#[utoipa::path(get, path = "/files/{key}", tag = "files", security(("bearer" = [])),
+    params(("key" = String, Path, description = "The file's secret key")),
+    responses(
+        (status = 200, description = "The file", body = FileView),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such file available to you", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn metadata(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(key): Path<String>,
+) -> ApiResult<Json<FileView>> {
+    let file = authorized_file(&state, &user, &key, FileAction::ReadMetadata).await?;
+    Ok(Json(FileView::from(&file)))
+}
+
+/// Rename a file or change its visibility (owner only).
+#[utoipa::path(patch, path = "/files/{key}", tag = "files", security(("bearer" = [])),
+    params(("key" = String, Path, description = "The file's secret key")),
+    request_body = FileUpdate,
+    responses(
+        (status = 200, description = "The updated file", body = FileView),
+        (status = 400, description = "Invalid name, visibility or unknown field", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the owner", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such file available to you", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn update(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(key): Path<String>,
+    ApiJson(change): ApiJson<FileUpdate>,
+) -> ApiResult<Json<FileView>> {
+    let file = authorized_file(&state, &user, &key, FileAction::Modify).await?;
+    let patch = FilePatch {
+        name: change
+            .name
+            .map(|n| FileName::parse(&n, state.config.limits.max_file_name_bytes))
+            .transpose()?,
+        visibility: change.visibility,
+    };
+    if patch.is_empty() {
+        return Ok(Json(FileView::from(&file)));
+    }
+    let updated = state
+        .meta
+        .update_file(&file.key, &patch, handoff_core::now())
+        .await?
+        .ok_or_else(ApiError::file_not_found)?;
+    Ok(Json(FileView::from(&updated)))
+}
+
+/// Delete a file (owner only). Its bytes are removed at once.
+#[utoipa::path(delete, path = "/files/{key}", tag = "files", security(("bearer" = [])),
+    params(("key" = String, Path, description = "The file's secret key")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the owner", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such file available to you", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn delete(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(key): Path<String>,
+) -> ApiResult<StatusCode> {
+    let file = authorized_file(&state, &user, &key, FileAction::Delete).await?;
+    if let Some(deleted) = state.meta.delete_file(&file.key).await? {
+        // The row is gone, so the file is gone for everyone; should this fail, the collector removes the orphan.
+        if let Err(e) = state.blobs.delete(deleted.blob).await {
+            tracing::warn!(blob = %deleted.blob, error = %e, "blob of a deleted file left for the collector");
+        }
+        tracing::info!(owner = %user.id, blob = %deleted.blob, "file deleted");
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Download a file's bytes. Supports `Range` (one range), `If-None-Match` and `If-Range`.
+#[utoipa::path(get, path = "/files/{key}/content", tag = "files", security(("bearer" = [])),
+    params(
+        ("key" = String, Path, description = "The file's secret key"),
+        ("Range" = Option<String>, Header, description = "`bytes=START-END`, `bytes=START-` or `bytes=-SUFFIX`"),
+    ),
+    responses(
+        (status = 200, description = "The bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, description = "The requested range", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 304, description = "Not modified"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such file available to you", body = Problem, content_type = "application/problem+json"),
+        (status = 416, description = "Range not satisfiable", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn content(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let file = authorized_file(&state, &user, &key, FileAction::Download).await?;
+    download::respond(&state, &file, &headers).await
+}

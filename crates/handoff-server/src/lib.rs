@@ -1,0 +1,70 @@
+//! Handoff's HTTP service. [`router`] builds the whole application from an [`AppState`]; [`serve`] runs it on a
+//! listener it is given until a shutdown future resolves. The `handoff` binary, the tests and (later) the Lambda
+//! entry point are thin shells around these two functions.
+//!
+//! Module map: `auth` (accounts and tokens), `files` (upload, download, metadata), `health`, `openapi`, `error`
+//! (problem+json), `config`, `state`, `serve` (accept loop and timeouts), `maintenance` (background collection).
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod files;
+pub mod health;
+pub mod maintenance;
+pub mod openapi;
+pub mod serve;
+pub mod state;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::header;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
+
+pub use config::Config;
+pub use serve::serve;
+pub use state::{AppState, StartError};
+
+/// Every documented route, with its OpenAPI description.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .merge(auth::routes())
+        .merge(files::routes())
+        .merge(health::routes())
+}
+
+/// The OpenAPI document of every route [`router`] serves.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    api().split_for_parts().1
+}
+
+/// The whole application.
+pub fn router(state: AppState) -> Router {
+    let (routes, document) = api().split_for_parts();
+    let json_limit = state.config.limits.max_json_body;
+    routes
+        .merge(openapi::docs_router(document))
+        .fallback(error::route_not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(json_limit))
+        .layer(
+            // Spans name the route template, never the raw URI: paths and queries carry secret file keys.
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                let route = req
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map_or("<unmatched>", MatchedPath::as_str);
+                tracing::info_span!("request", method = %req.method(), route)
+            }),
+        )
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+            header::COOKIE,
+        ]))
+        .layer(CatchPanicLayer::custom(|_| {
+            axum::response::IntoResponse::into_response(error::ApiError::internal("handler panicked"))
+        }))
+        .with_state(state)
+}

@@ -1,0 +1,46 @@
+//! Background collection, safe to run while uploads are in flight: partial uploads and orphaned blobs (bytes that
+//! no file row references, left by a crash between commit and insert or a failed delete) are removed once they are
+//! older than the grace period, which is far longer than any commit takes.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::state::AppState;
+
+/// Runs one collection at start-up (partial uploads of a previous process are swept at once: nothing of this
+/// process can be in flight yet) and then every `maintenance.interval_secs` until `stop` turns true.
+pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
+    match state.blobs.sweep_incomplete(Duration::ZERO).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "removed partial uploads left by a previous run"),
+        Err(e) => tracing::warn!(error = %e, "could not sweep partial uploads"),
+    }
+    let settings = state.config.maintenance.clone();
+    let grace = Duration::from_secs(settings.orphan_grace_secs);
+    let mut interval = tokio::time::interval(Duration::from_secs(settings.interval_secs.max(1)));
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = collect(&state, grace).await {
+            tracing::warn!(error = %e, "collection pass failed");
+        }
+    }
+}
+
+/// One pass: returns how many blobs were removed.
+pub async fn collect(state: &AppState, grace: Duration) -> Result<u64, handoff_core::StoreError> {
+    let mut removed = state.blobs.sweep_incomplete(grace).await?;
+    for blob in state.blobs.list_older_than(grace).await? {
+        if !state.meta.blob_is_referenced(blob).await? {
+            state.blobs.delete(blob).await?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, "collected orphaned or partial blobs");
+    }
+    Ok(removed)
+}

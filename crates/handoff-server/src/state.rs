@@ -1,0 +1,83 @@
+//! The application state every handler receives: configuration, the two stores (as trait objects, so any
+//! backend plugs in), the token service and the password hasher.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use handoff_core::{BlobStore, MetadataStore};
+
+use crate::auth::password::Passwords;
+use crate::auth::tokens::TokenService;
+use crate::config::Config;
+
+#[derive(Clone, Debug)]
+pub struct AppState(Arc<Inner>);
+
+#[derive(Debug)]
+pub struct Inner {
+    pub config: Config,
+    pub meta: Arc<dyn MetadataStore>,
+    pub blobs: Arc<dyn BlobStore>,
+    pub tokens: TokenService,
+    pub passwords: Passwords,
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("metadata store: {0}")]
+    Database(#[from] handoff_db::ConnectError),
+    #[error("blob store: {0}")]
+    Storage(#[from] handoff_storage::OpenError),
+    #[error("could not create the data directory {0}: {1}")]
+    DataDir(std::path::PathBuf, #[source] std::io::Error),
+    #[error("could not load signing keys: {0}")]
+    Keys(#[source] handoff_core::StoreError),
+    #[error("could not prepare password hashing: {0:?}")]
+    Passwords(crate::error::ApiError),
+}
+
+impl AppState {
+    /// Opens the backends named by `config` (creating the default data directory if needed).
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        if config.database_url.is_none() || config.storage_url.is_none() {
+            tokio::fs::create_dir_all(&config.data_dir)
+                .await
+                .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
+        }
+        let meta = handoff_db::connect(&config.database_url()).await?;
+        let blobs = handoff_storage::open(&config.storage_url()).await?;
+        Self::with_stores(config, meta, blobs).await
+    }
+
+    pub async fn with_stores(
+        config: Config,
+        meta: Arc<dyn MetadataStore>,
+        blobs: Arc<dyn BlobStore>,
+    ) -> Result<Self, StartError> {
+        let tokens = TokenService::load(
+            meta.clone(),
+            &config.auth.issuer,
+            &config.auth.audience,
+            config.access_token_ttl(),
+        )
+        .await
+        .map_err(StartError::Keys)?;
+        let passwords = Passwords::new(config.auth.password_hash_concurrency)
+            .await
+            .map_err(StartError::Passwords)?;
+        Ok(Self(Arc::new(Inner {
+            config,
+            meta,
+            blobs,
+            tokens,
+            passwords,
+        })))
+    }
+}

@@ -1,0 +1,39 @@
+//! Handoff's blob stores: implementations of [`handoff_core::BlobStore`], chosen by URL.
+//!
+//! - `file://DIR` (or a bare path): [`LocalStore`], the self-hosted default. Durable, atomic commits.
+//! - `memory://`: [`MemoryStore`], for tests and throwaway instances.
+//!
+//! Object names are built in exactly one place per backend, from the server-made [`handoff_core::BlobId`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use handoff_core::BlobStore;
+
+mod local;
+mod memory;
+
+pub use local::LocalStore;
+pub use memory::MemoryStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("unsupported storage URL scheme (expected file:// or memory://): {0}")]
+    UnsupportedScheme(String),
+    #[error("could not prepare the storage directory {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Opens the blob store named by `url`.
+pub async fn open(url: &str) -> Result<Arc<dyn BlobStore>, OpenError> {
+    match url.split_once("://") {
+        Some(("file", path)) => Ok(Arc::new(LocalStore::open(PathBuf::from(path)).await?)),
+        Some(("memory", _)) => Ok(Arc::new(MemoryStore::default())),
+        Some((scheme, _)) => Err(OpenError::UnsupportedScheme(scheme.to_owned())),
+        None => Ok(Arc::new(LocalStore::open(PathBuf::from(url)).await?)),
+    }
+}

@@ -1,0 +1,247 @@
+//! Local-directory blob store.
+//!
+//! Layout under the root: `tmp/<id>.part` while an upload streams, `blobs/<shard>/<id>` once committed, where
+//! `<shard>` is the last two hex digits of the id (UUIDv7 starts with the time, so the tail spreads evenly).
+//! Commit = write everything, `fdatasync` the file, rename into place, `fsync` the directory: after `commit`
+//! returns the blob survives a crash or power loss, and before it nothing exists under its final name.
+
+use std::fs::{self, File};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use handoff_core::{BlobId, BlobReader, BlobStore, BlobWriter, StoreError, StoreResult};
+use tokio::task::spawn_blocking;
+use uuid::Uuid;
+
+use crate::OpenError;
+
+/// Bytes gathered before each write system call: large enough that syscall and thread-hop overhead vanish,
+/// small enough to keep per-upload memory trivial.
+const WRITE_BUFFER: usize = 1 << 20;
+/// Size of each chunk a download yields.
+const READ_CHUNK: usize = 256 << 10;
+
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    pub async fn open(root: PathBuf) -> Result<Self, OpenError> {
+        let store = Self { root };
+        for dir in [store.tmp_dir(), store.blobs_dir()] {
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .map_err(|source| OpenError::Io { path: dir, source })?;
+        }
+        Ok(store)
+    }
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    fn blobs_dir(&self) -> PathBuf {
+        self.root.join("blobs")
+    }
+
+    /// The one place a blob id becomes a path.
+    fn blob_path(&self, id: BlobId) -> PathBuf {
+        let hex = id.0.simple().to_string();
+        self.blobs_dir().join(&hex[hex.len() - 2..]).join(hex)
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> StoreResult<T> {
+    spawn_blocking(f)
+        .await
+        .map_err(StoreError::other)?
+        .map_err(StoreError::from)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn modified_before(entry: &fs::DirEntry, cutoff: SystemTime) -> bool {
+    entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t <= cutoff)
+}
+
+#[async_trait]
+impl BlobStore for LocalStore {
+    async fn ping(&self) -> StoreResult<()> {
+        let tmp = self.tmp_dir();
+        blocking(move || fs::metadata(tmp).map(drop)).await
+    }
+
+    async fn create(&self) -> StoreResult<Box<dyn BlobWriter>> {
+        let id = BlobId::generate();
+        let tmp_path = self.tmp_dir().join(format!("{}.part", id.0.simple()));
+        let final_path = self.blob_path(id);
+        let path = tmp_path.clone();
+        let file = blocking(move || File::options().write(true).create_new(true).open(path)).await?;
+        Ok(Box::new(LocalWriter {
+            id,
+            tmp_path,
+            final_path,
+            file: Some(file),
+            buffer: BytesMut::new(),
+            committed: false,
+        }))
+    }
+
+    async fn open(&self, id: BlobId, range: Option<Range<u64>>) -> StoreResult<BlobReader> {
+        let path = self.blob_path(id);
+        let (file, len) = blocking(move || {
+            let mut file = File::open(path)?;
+            let total = file.metadata()?.len();
+            let range = range.unwrap_or(0..total);
+            if range.end > total || range.start > range.end {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "range beyond blob"));
+            }
+            file.seek(SeekFrom::Start(range.start))?;
+            Ok((file, range.end - range.start))
+        })
+        .await?;
+        let reader = tokio::fs::File::from_std(file);
+        let stream =
+            tokio_util::io::ReaderStream::with_capacity(tokio::io::AsyncReadExt::take(reader, len), READ_CHUNK);
+        Ok(BlobReader {
+            len,
+            stream: Box::pin(stream),
+        })
+    }
+
+    async fn delete(&self, id: BlobId) -> StoreResult<()> {
+        let path = self.blob_path(id);
+        blocking(move || match fs::remove_file(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        })
+        .await
+    }
+
+    async fn list_older_than(&self, min_age: Duration) -> StoreResult<Vec<BlobId>> {
+        let blobs = self.blobs_dir();
+        blocking(move || {
+            let cutoff = SystemTime::now() - min_age;
+            let mut ids = Vec::new();
+            for shard in fs::read_dir(blobs)? {
+                let shard = shard?;
+                if !shard.file_type()?.is_dir() {
+                    continue;
+                }
+                for entry in fs::read_dir(shard.path())? {
+                    let entry = entry?;
+                    let parsed = entry.file_name().to_str().and_then(|n| Uuid::try_parse(n).ok());
+                    if let Some(uuid) = parsed
+                        && modified_before(&entry, cutoff)
+                    {
+                        ids.push(BlobId(uuid));
+                    }
+                }
+            }
+            Ok(ids)
+        })
+        .await
+    }
+
+    async fn sweep_incomplete(&self, min_age: Duration) -> StoreResult<u64> {
+        let tmp = self.tmp_dir();
+        blocking(move || {
+            let cutoff = SystemTime::now() - min_age;
+            let mut removed = 0;
+            for entry in fs::read_dir(tmp)? {
+                let entry = entry?;
+                if modified_before(&entry, cutoff) && fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+}
+
+struct LocalWriter {
+    id: BlobId,
+    tmp_path: PathBuf,
+    final_path: PathBuf,
+    /// `None` only while a blocking write owns it.
+    file: Option<File>,
+    buffer: BytesMut,
+    committed: bool,
+}
+
+impl LocalWriter {
+    async fn flush_buffer(&mut self) -> StoreResult<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| StoreError::Corrupt("writer used after a failed write".into()))?;
+        let data = self.buffer.split().freeze();
+        let file = blocking(move || {
+            file.write_all(&data)?;
+            Ok(file)
+        })
+        .await?;
+        self.file = Some(file);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl BlobWriter for LocalWriter {
+    fn id(&self) -> BlobId {
+        self.id
+    }
+
+    async fn write(&mut self, chunk: Bytes) -> StoreResult<()> {
+        self.buffer.extend_from_slice(&chunk);
+        if self.buffer.len() >= WRITE_BUFFER {
+            self.flush_buffer().await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> StoreResult<()> {
+        self.flush_buffer().await?;
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| StoreError::Corrupt("writer used after a failed write".into()))?;
+        let (tmp, dest) = (self.tmp_path.clone(), self.final_path.clone());
+        blocking(move || {
+            file.sync_data()?;
+            drop(file);
+            let shard = dest.parent().unwrap_or(Path::new("."));
+            if !shard.exists() {
+                fs::create_dir_all(shard)?;
+                if let Some(blobs) = shard.parent() {
+                    sync_dir(blobs)?;
+                }
+            }
+            fs::rename(&tmp, &dest)?;
+            sync_dir(shard)
+        })
+        .await?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+/// An upload that ends any way but `commit` (error, client gone, handler cancelled) leaves no bytes behind.
+impl Drop for LocalWriter {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.tmp_path);
+        }
+    }
+}
