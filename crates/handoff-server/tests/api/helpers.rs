@@ -1,0 +1,299 @@
+//! `TestApp`: a Handoff server on an ephemeral port with its own data directory, and one method per endpoint.
+
+use std::path::{Path, PathBuf};
+
+use handoff_server::{AppState, Config};
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    pub config: Config,
+    /// Kept alive for the lifetime of the app (and across restarts).
+    pub data_dir: std::sync::Arc<tempfile::TempDir>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+/// A signed-in account.
+#[derive(Clone, Debug)]
+pub struct TestUser {
+    pub password: String,
+    pub token: String,
+    pub refresh_token: String,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// A server whose configuration `customise` may change (limits, defaults, ...).
+    pub async fn spawn_with(customise: impl FnOnce(&mut Config)) -> Self {
+        let data_dir = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            data_dir: data_dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        config.auth.password_hash_concurrency = 4;
+        customise(&mut config);
+        Self::start(config, data_dir).await
+    }
+
+    async fn start(config: Config, data_dir: std::sync::Arc<tempfile::TempDir>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let state = AppState::build(config.clone()).await.expect("state");
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let server = tokio::spawn({
+            let state = state.clone();
+            async move {
+                handoff_server::serve(listener, state, async {
+                    let _ = stop.await;
+                })
+                .await
+                .expect("serve");
+            }
+        });
+        Self {
+            base: format!("http://{address}"),
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            state,
+            config,
+            data_dir,
+            shutdown: Some(shutdown),
+            server: Some(server),
+        }
+    }
+
+    /// Stops the server gracefully and starts a new one on the same data directory (a new port).
+    pub async fn restart(mut self) -> Self {
+        self.stop().await;
+        let config = self.config.clone();
+        let data_dir = self.data_dir.clone();
+        drop(self);
+        Self::start(config, data_dir).await
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task");
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn storage_dir(&self) -> PathBuf {
+        self.data_dir.path().join("storage")
+    }
+
+    /// Every file under the storage directory (committed blobs and partial uploads).
+    pub fn stored_files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.storage_dir(), &mut out);
+        out
+    }
+
+    pub async fn signup(&self, username: &str, password: &str) -> Response {
+        self.client
+            .post(self.url("/auth/signup"))
+            .json(&json!({ "username": username, "password": password }))
+            .send()
+            .await
+            .expect("signup request")
+    }
+
+    pub async fn signin(&self, username: &str, password: &str) -> Response {
+        self.client
+            .post(self.url("/auth/signin"))
+            .json(&json!({ "username": username, "password": password }))
+            .send()
+            .await
+            .expect("signin request")
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Response {
+        self.client
+            .post(self.url("/auth/refresh"))
+            .json(&json!({ "refresh_token": refresh_token }))
+            .send()
+            .await
+            .expect("refresh request")
+    }
+
+    pub async fn signout(&self, refresh_token: &str) -> Response {
+        self.client
+            .post(self.url("/auth/signout"))
+            .json(&json!({ "refresh_token": refresh_token }))
+            .send()
+            .await
+            .expect("signout request")
+    }
+
+    pub async fn me(&self, token: &str) -> Response {
+        self.client
+            .get(self.url("/auth/me"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("me request")
+    }
+
+    /// Signs up and signs in a new account.
+    pub async fn user(&self, username: &str) -> TestUser {
+        let password = format!("{username}-password");
+        assert_eq!(self.signup(username, &password).await.status(), StatusCode::CREATED);
+        let response = self.signin(username, &password).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.expect("token json");
+        TestUser {
+            password,
+            token: body["access_token"].as_str().expect("access token").to_owned(),
+            refresh_token: body["refresh_token"].as_str().expect("refresh token").to_owned(),
+        }
+    }
+
+    /// Raw-body upload named by `?fileName=`.
+    pub async fn upload(&self, token: &str, name: &str, bytes: impl Into<reqwest::Body>) -> Response {
+        self.client
+            .post(self.url("/files"))
+            .query(&[("fileName", name)])
+            .bearer_auth(token)
+            .body(bytes)
+            .send()
+            .await
+            .expect("upload request")
+    }
+
+    /// Uploads and returns the created file's JSON, asserting `201`.
+    pub async fn upload_ok(&self, token: &str, name: &str, bytes: Vec<u8>) -> Value {
+        let response = self.upload(token, name, bytes).await;
+        assert_eq!(response.status(), StatusCode::CREATED, "{:?}", response.text().await);
+        response.json().await.expect("file json")
+    }
+
+    pub async fn content(&self, token: &str, key: &str) -> Response {
+        self.client
+            .get(self.url(&format!("/files/{key}/content")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("content request")
+    }
+
+    /// The origin design's download: `GET /files?fileName=<key>`.
+    pub async fn origin_download(&self, token: &str, key: &str) -> Response {
+        self.client
+            .get(self.url("/files"))
+            .query(&[("fileName", key)])
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("download request")
+    }
+
+    pub async fn metadata(&self, token: &str, key: &str) -> Response {
+        self.client
+            .get(self.url(&format!("/files/{key}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("metadata request")
+    }
+
+    pub async fn list(&self, token: &str, query: &[(&str, &str)]) -> Response {
+        self.client
+            .get(self.url("/files"))
+            .query(query)
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("list request")
+    }
+
+    pub async fn patch(&self, token: &str, key: &str, body: Value) -> Response {
+        self.client
+            .patch(self.url(&format!("/files/{key}")))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("patch request")
+    }
+
+    pub async fn delete(&self, token: &str, key: &str) -> Response {
+        self.client
+            .delete(self.url(&format!("/files/{key}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("delete request")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// Asserts a problem+json response with `status` and `code`, and returns its body.
+pub async fn assert_problem(response: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(response.status(), status, "unexpected status for expected code {code}");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let body: Value = response.json().await.expect("problem json");
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status.as_u16());
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    body
+}
