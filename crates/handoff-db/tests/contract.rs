@@ -1,0 +1,328 @@
+//! The metadata-store contract: every backend must pass these same tests. SQLite always runs; other backends
+//! join when their URL is set in the environment (CI sets them).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use handoff_core::model::NewRefreshToken;
+use handoff_core::{
+    BlobId, FileCursor, FileKey, FileName, FilePatch, FileRecord, MetadataStore, NewUser, RefreshOutcome,
+    SigningKeyRecord, StoreError, User, Username, Visibility,
+};
+use time::Duration;
+use uuid::Uuid;
+
+/// A fresh, empty store per call.
+async fn backends() -> Vec<(String, Arc<dyn MetadataStore>, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("contract.db").display());
+    vec![("sqlite".into(), handoff_db::connect(&url).await.unwrap(), dir)]
+}
+
+async fn user(store: &dyn MetadataStore, name: &str) -> User {
+    store
+        .create_user(NewUser {
+            username: Username::parse(name).unwrap(),
+            email: Some(format!("{name}@example.com")),
+            password_hash: "$argon2id$fake".into(),
+        })
+        .await
+        .unwrap()
+}
+
+fn file(owner: &User, name: &str, created_at: time::OffsetDateTime) -> FileRecord {
+    FileRecord {
+        key: FileKey::generate(),
+        blob: BlobId::generate(),
+        owner: owner.id,
+        name: FileName::parse(name, 255).unwrap(),
+        size: 42,
+        sha256: "ab".repeat(32),
+        content_type: "text/plain".into(),
+        visibility: Visibility::Key,
+        created_at,
+        updated_at: created_at,
+    }
+}
+
+#[tokio::test]
+async fn users_are_unique_and_round_trip() {
+    for (backend, store, _dir) in backends().await {
+        let alice = user(store.as_ref(), "alice").await;
+        let again = store
+            .create_user(NewUser {
+                username: Username::parse("ALICE").unwrap(),
+                email: None,
+                password_hash: "x".into(),
+            })
+            .await;
+        assert!(matches!(again, Err(StoreError::Conflict)), "{backend}: {again:?}");
+        let by_name = store.user_by_username(&alice.username).await.unwrap().unwrap();
+        let by_id = store.user_by_id(alice.id).await.unwrap().unwrap();
+        for found in [by_name, by_id] {
+            assert_eq!(found.id, alice.id, "{backend}");
+            assert_eq!(found.username, alice.username);
+            assert_eq!(found.email.as_deref(), Some("alice@example.com"));
+            assert_eq!(
+                found.created_at, alice.created_at,
+                "{backend}: timestamps round-trip exactly"
+            );
+            assert!(!found.is_admin && !found.disabled);
+        }
+        assert!(
+            store
+                .user_by_username(&Username::parse("nobody").unwrap())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        store.ping().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn files_insert_list_update_delete() {
+    for (backend, store, _dir) in backends().await {
+        let alice = user(store.as_ref(), "alice").await;
+        let bob = user(store.as_ref(), "bob").await;
+        let base = handoff_core::now();
+        // Five files, two sharing a timestamp, so the key breaks ties.
+        let files: Vec<FileRecord> = (0..5)
+            .map(|i| file(&alice, &format!("f{i}"), base + Duration::seconds(i.min(3))))
+            .collect();
+        store.insert_files(&files).await.unwrap();
+        store.insert_files(&[file(&bob, "bobs", base)]).await.unwrap();
+
+        let mut seen = Vec::new();
+        let mut cursor: Option<FileCursor> = None;
+        loop {
+            let page = store.list_files(alice.id, cursor.as_ref(), 2).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            cursor = page.last().map(FileCursor::after);
+            seen.extend(page.into_iter().map(|f| f.key));
+        }
+        let mut expected = files.clone();
+        expected.sort_by(|a, b| (b.created_at, b.key.as_str()).cmp(&(a.created_at, a.key.as_str())));
+        assert_eq!(
+            seen,
+            expected.iter().map(|f| f.key.clone()).collect::<Vec<_>>(),
+            "{backend}"
+        );
+
+        let first = &files[0];
+        let stored = store.file_by_key(&first.key).await.unwrap().unwrap();
+        assert_eq!(
+            (stored.size, &stored.sha256, stored.blob),
+            (42, &first.sha256, first.blob),
+            "{backend}"
+        );
+        assert!(store.blob_is_referenced(first.blob).await.unwrap());
+        assert!(!store.blob_is_referenced(BlobId::generate()).await.unwrap());
+
+        let later = base + Duration::minutes(5);
+        let patch = FilePatch {
+            name: Some(FileName::parse("renamed", 255).unwrap()),
+            visibility: Some(Visibility::Private),
+        };
+        let updated = store.update_file(&first.key, &patch, later).await.unwrap().unwrap();
+        assert_eq!(updated.name.as_str(), "renamed");
+        assert_eq!(updated.visibility, Visibility::Private);
+        assert_eq!(updated.updated_at, later);
+        assert_eq!(updated.created_at, first.created_at);
+        let name_only = FilePatch {
+            name: Some(FileName::parse("again", 255).unwrap()),
+            visibility: None,
+        };
+        let updated = store.update_file(&first.key, &name_only, later).await.unwrap().unwrap();
+        assert_eq!(
+            updated.visibility,
+            Visibility::Private,
+            "{backend}: unset fields are kept"
+        );
+        assert!(
+            store
+                .update_file(&FileKey::generate(), &patch, later)
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        let deleted = store.delete_file(&first.key).await.unwrap().unwrap();
+        assert_eq!(deleted.blob, first.blob);
+        assert!(store.file_by_key(&first.key).await.unwrap().is_none());
+        assert!(
+            store.delete_file(&first.key).await.unwrap().is_none(),
+            "{backend}: delete is idempotent"
+        );
+        assert!(!store.blob_is_referenced(first.blob).await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn a_batch_of_files_is_all_or_nothing() {
+    for (backend, store, _dir) in backends().await {
+        let alice = user(store.as_ref(), "alice").await;
+        let existing = file(&alice, "existing", handoff_core::now());
+        store.insert_files(std::slice::from_ref(&existing)).await.unwrap();
+        let fresh = file(&alice, "fresh", handoff_core::now());
+        let mut clash = file(&alice, "clash", handoff_core::now());
+        clash.key = existing.key.clone();
+        assert!(store.insert_files(&[fresh.clone(), clash]).await.is_err(), "{backend}");
+        assert!(
+            store.file_by_key(&fresh.key).await.unwrap().is_none(),
+            "{backend}: nothing of a failed batch"
+        );
+    }
+}
+
+#[tokio::test]
+async fn refresh_tokens_rotate_once_and_reuse_revokes_the_family() {
+    for (backend, store, _dir) in backends().await {
+        let alice = user(store.as_ref(), "alice").await;
+        let now = handoff_core::now();
+        let expires = now + Duration::days(1);
+        let family = Uuid::now_v7();
+        store
+            .insert_refresh_token(&NewRefreshToken {
+                hash: [1; 32],
+                family,
+                user: alice.id,
+                expires_at: expires,
+            })
+            .await
+            .unwrap();
+        let rotated = store
+            .rotate_refresh_token(&[1; 32], &[2; 32], expires, now)
+            .await
+            .unwrap();
+        assert_eq!(rotated, RefreshOutcome::Rotated { user: alice.id }, "{backend}");
+        let reused = store
+            .rotate_refresh_token(&[1; 32], &[3; 32], expires, now)
+            .await
+            .unwrap();
+        assert_eq!(reused, RefreshOutcome::Reused, "{backend}");
+        let successor = store
+            .rotate_refresh_token(&[2; 32], &[4; 32], expires, now)
+            .await
+            .unwrap();
+        assert_eq!(successor, RefreshOutcome::Reused, "{backend}: the family is revoked");
+        assert_eq!(
+            store
+                .rotate_refresh_token(&[9; 32], &[5; 32], expires, now)
+                .await
+                .unwrap(),
+            RefreshOutcome::Invalid
+        );
+
+        // Expiry, and sign-out revoking a live family.
+        store
+            .insert_refresh_token(&NewRefreshToken {
+                hash: [6; 32],
+                family: Uuid::now_v7(),
+                user: alice.id,
+                expires_at: now - Duration::seconds(1),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .rotate_refresh_token(&[6; 32], &[7; 32], expires, now)
+                .await
+                .unwrap(),
+            RefreshOutcome::Invalid,
+            "{backend}: expired"
+        );
+        store
+            .insert_refresh_token(&NewRefreshToken {
+                hash: [8; 32],
+                family: Uuid::now_v7(),
+                user: alice.id,
+                expires_at: expires,
+            })
+            .await
+            .unwrap();
+        assert!(store.revoke_refresh_family(&[8; 32]).await.unwrap());
+        assert!(!store.revoke_refresh_family(&[10; 32]).await.unwrap());
+        assert_eq!(
+            store
+                .rotate_refresh_token(&[8; 32], &[11; 32], expires, now)
+                .await
+                .unwrap(),
+            RefreshOutcome::Reused,
+            "{backend}: a signed-out token counts as reuse"
+        );
+    }
+}
+
+#[tokio::test]
+async fn concurrent_rotation_of_one_token_has_one_winner() {
+    for (backend, store, _dir) in backends().await {
+        let alice = user(store.as_ref(), "alice").await;
+        let now = handoff_core::now();
+        let expires = now + Duration::days(1);
+        store
+            .insert_refresh_token(&NewRefreshToken {
+                hash: [1; 32],
+                family: Uuid::now_v7(),
+                user: alice.id,
+                expires_at: expires,
+            })
+            .await
+            .unwrap();
+        let outcomes = futures_join(store.clone(), expires, now).await;
+        let winners = outcomes
+            .iter()
+            .filter(|o| matches!(o, RefreshOutcome::Rotated { .. }))
+            .count();
+        assert_eq!(winners, 1, "{backend}: {outcomes:?}");
+    }
+}
+
+async fn futures_join(
+    store: Arc<dyn MetadataStore>,
+    expires: time::OffsetDateTime,
+    now: time::OffsetDateTime,
+) -> Vec<RefreshOutcome> {
+    let tasks: Vec<_> = (0..16u8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.rotate_refresh_token(&[1; 32], &[100 + i; 32], expires, now).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.unwrap().unwrap());
+    }
+    outcomes
+}
+
+#[tokio::test]
+async fn signing_keys_newest_first() {
+    for (backend, store, _dir) in backends().await {
+        assert!(store.signing_keys().await.unwrap().is_empty());
+        let base = handoff_core::now();
+        for (i, kid) in ["old", "new"].into_iter().enumerate() {
+            store
+                .insert_signing_key(&SigningKeyRecord {
+                    kid: kid.into(),
+                    algorithm: "EdDSA".into(),
+                    private_der: vec![1, 2, 3],
+                    public_raw: vec![4, 5, 6],
+                    created_at: base + Duration::seconds(i as i64),
+                })
+                .await
+                .unwrap();
+        }
+        let keys = store.signing_keys().await.unwrap();
+        assert_eq!(
+            keys.iter().map(|k| k.kid.as_str()).collect::<Vec<_>>(),
+            ["new", "old"],
+            "{backend}"
+        );
+        assert_eq!(keys[0].private_der, vec![1, 2, 3]);
+        assert_eq!(keys[0].public_raw, vec![4, 5, 6]);
+    }
+}
