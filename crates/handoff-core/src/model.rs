@@ -140,9 +140,10 @@ pub struct NewRefreshToken {
 pub enum RefreshOutcome {
     /// The token was current: it is now spent and its successor stored.
     Rotated { user: UserId },
-    /// The token had already been spent or revoked: the whole family is now revoked (RFC 6819 §5.2.2.3).
+    /// The token had already been spent: someone is replaying it, so the whole family is now revoked
+    /// (RFC 6819 §5.2.2.3).
     Reused,
-    /// Unknown or expired.
+    /// Unknown, expired or revoked (signed out, or its family was revoked after a reuse).
     Invalid,
 }
 

@@ -71,8 +71,8 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
 
     async fn insert_refresh_token(&self, token: &NewRefreshToken) -> StoreResult<()>;
     /// Atomically spends the token whose hash is `presented` and stores `successor` in its family (the
-    /// successor's `family` and `user` are taken from the spent token). A spent or revoked token revokes its
-    /// whole family.
+    /// successor's `family` and `user` are taken from the spent token). Presenting an already spent token
+    /// revokes its whole family.
     async fn rotate_refresh_token(
         &self,
         presented: &[u8; 32],

@@ -237,7 +237,11 @@ impl MetadataStore for SqliteStore {
         let family: String = row.try_get("family").map_err(store_error)?;
         let spent: bool = row.try_get("spent").map_err(store_error)?;
         let revoked: bool = row.try_get("revoked").map_err(store_error)?;
-        if spent || revoked {
+        if revoked {
+            // Signed out, or already caught being reused: simply no longer valid.
+            return Ok(RefreshOutcome::Invalid);
+        }
+        if spent {
             sqlx::query("UPDATE refresh_tokens SET revoked = 1 WHERE family = ?")
                 .bind(&family)
                 .execute(&mut *tx)

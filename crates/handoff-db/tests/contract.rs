@@ -208,7 +208,16 @@ async fn refresh_tokens_rotate_once_and_reuse_revokes_the_family() {
             .rotate_refresh_token(&[2; 32], &[4; 32], expires, now)
             .await
             .unwrap();
-        assert_eq!(successor, RefreshOutcome::Reused, "{backend}: the family is revoked");
+        assert_eq!(successor, RefreshOutcome::Invalid, "{backend}: the family is revoked");
+        let replay = store
+            .rotate_refresh_token(&[1; 32], &[3; 32], expires, now)
+            .await
+            .unwrap();
+        assert_eq!(
+            replay,
+            RefreshOutcome::Invalid,
+            "{backend}: revoked tokens stay invalid"
+        );
         assert_eq!(
             store
                 .rotate_refresh_token(&[9; 32], &[5; 32], expires, now)
@@ -251,8 +260,8 @@ async fn refresh_tokens_rotate_once_and_reuse_revokes_the_family() {
                 .rotate_refresh_token(&[8; 32], &[11; 32], expires, now)
                 .await
                 .unwrap(),
-            RefreshOutcome::Reused,
-            "{backend}: a signed-out token counts as reuse"
+            RefreshOutcome::Invalid,
+            "{backend}: a signed-out token is invalid, not a theft signal"
         );
     }
 }

@@ -89,6 +89,20 @@ pub struct UploadedFiles {
     files: Vec<FileView>,
 }
 
+/// What `POST /files` answers: the file's record for a single file (origin compatible), or `{"files": [...]}`
+/// when a multipart request carried several.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum UploadResponse {
+    One(FileView),
+    Many(UploadedFiles),
+}
+
+/// Raw file bytes, for the OpenAPI document.
+#[derive(Debug, ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct Binary(#[allow(dead_code)] Vec<u8>);
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FileList {
     files: Vec<FileView>,
@@ -156,7 +170,7 @@ async fn authorized_file(state: &AppState, user: &User, raw_key: &str, action: F
 #[utoipa::path(get, path = "/files", tag = "files", params(FilesQuery), security(("bearer" = [])),
     responses(
         (status = 200, description = "Without `fileName`: a page of your files, newest first. With `fileName`: the file's bytes.",
-            content((FileList = "application/json"), (Vec<u8> = "application/octet-stream"))),
+            content((FileList = "application/json"), (Binary = "application/octet-stream"))),
         (status = 206, description = "Part of the file (with `fileName` and `Range`)"),
         (status = 304, description = "Not modified (`If-None-Match`)"),
         (status = 400, description = "Bad query", body = Problem, content_type = "application/problem+json"),
@@ -189,7 +203,10 @@ async fn list_or_download(
                 .ok_or_else(|| ApiError::bad_request("invalid_cursor", "the cursor is not one this server issued"))
         })
         .transpose()?;
-    let mut files = state.meta.list_files(user.id, after.as_ref(), limit + 1).await?;
+    let mut files = state
+        .meta
+        .list_files(user.id, after.as_ref(), limit.saturating_add(1))
+        .await?;
     let next_cursor = if files.len() > limit as usize {
         files.truncate(limit as usize);
         files.last().map(|f| FileCursor::after(f).encode())
@@ -204,13 +221,16 @@ async fn list_or_download(
 }
 
 /// Upload one file (raw body) or several (`multipart/form-data`, parts named `file`).
-#[utoipa::path(post, path = "/files", tag = "files", params(UploadQuery), security(("bearer" = [])),
-    params(("X-File-Name" = Option<String>, Header, description = "Name of a raw-body upload, percent-encoded UTF-8")),
+#[utoipa::path(post, path = "/files", tag = "files", security(("bearer" = [])),
+    params(
+        UploadQuery,
+        ("X-File-Name" = Option<String>, Header, description = "Name of a raw-body upload, percent-encoded UTF-8"),
+    ),
     request_body(description = "The file itself, or multipart/form-data with one or more `file` parts",
-        content((Vec<u8> = "application/octet-stream"), (Object = "multipart/form-data"))),
+        content((Binary = "application/octet-stream"), (Object = "multipart/form-data"))),
     responses(
         (status = 201, description = "Stored. One file: its record. Several (multipart): `{\"files\": [...]}`.",
-            content((FileView = "application/json"), (UploadedFiles = "application/json"))),
+            body = UploadResponse),
         (status = 400, description = "Missing or invalid name, malformed multipart, or interrupted body", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "File too large or too many files", body = Problem, content_type = "application/problem+json"),
@@ -341,8 +361,8 @@ async fn delete(
         ("Range" = Option<String>, Header, description = "`bytes=START-END`, `bytes=START-` or `bytes=-SUFFIX`"),
     ),
     responses(
-        (status = 200, description = "The bytes", content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 206, description = "The requested range", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 200, description = "The bytes", content_type = "application/octet-stream", body = Binary),
+        (status = 206, description = "The requested range", content_type = "application/octet-stream", body = Binary),
         (status = 304, description = "Not modified"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such file available to you", body = Problem, content_type = "application/problem+json"),
