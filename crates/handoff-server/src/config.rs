@@ -53,8 +53,9 @@ pub struct Limits {
     pub max_page_size: u32,
     /// A client must send its complete request head within this time (slowloris).
     pub header_read_timeout_secs: u64,
-    /// A connection on which nothing is read or written for this long is closed (idle keep-alive, stalled
-    /// bodies, stalled readers).
+    /// A connection on which nothing is read or written for this long is closed (stalled bodies, stalled
+    /// readers). Idle keep-alive connections are closed sooner, by the header-read timeout, which hyper starts
+    /// while it waits for the next request.
     pub idle_timeout_secs: u64,
     /// On shutdown, in-flight requests get this long to finish.
     pub shutdown_grace_secs: u64,
@@ -149,20 +150,39 @@ impl Config {
     }
 }
 
-/// Masks the password of `scheme://user:password@host/…`.
-fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+/// Query parameters that carry credentials in database and storage URLs (libpq's `password`, S3 keys, ...).
+const SECRET_PARAMS: &[&str] = &[
+    "password",
+    "secret",
+    "secret_access_key",
+    "session_token",
+    "token",
+    "sslpassword",
+];
+
+/// Masks every credential in a URL: the userinfo password and secret query parameters. A URL that cannot be
+/// parsed is masked whole after its scheme, since we cannot tell where a secret might be.
+fn redact_url(raw: &str) -> String {
+    let Ok(mut url) = url::Url::parse(raw) else {
+        return match raw.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://***"),
+            None => "***".into(),
+        };
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            format!("{scheme}://{user}:***@{host}{path}")
-        }
-        None => url.to_owned(),
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
     }
+    if url.query().is_some() {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let secret = SECRET_PARAMS.iter().any(|s| k.eq_ignore_ascii_case(s));
+                (k.into_owned(), if secret { "***".to_owned() } else { v.into_owned() })
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 impl std::fmt::Debug for Config {
@@ -190,6 +210,15 @@ mod tests {
         assert_eq!(
             redact_url("postgres://handoff:s3cret@db:5432/handoff"),
             "postgres://handoff:***@db:5432/handoff"
+        );
+        assert_eq!(
+            redact_url("postgres://u@db/x?sslmode=require&password=hunter2"),
+            "postgres://u@db/x?sslmode=require&password=***"
+        );
+        assert_eq!(redact_url("postgres://u:hun/ter2@db/x"), "postgres://***");
+        assert_eq!(
+            redact_url("s3://bucket/p?secret_access_key=abc&region=eu"),
+            "s3://bucket/p?secret_access_key=***&region=eu"
         );
         assert_eq!(redact_url("sqlite://./data/handoff.db"), "sqlite://./data/handoff.db");
         let config = Config {

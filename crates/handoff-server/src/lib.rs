@@ -24,6 +24,7 @@ use tower_http::trace::TraceLayer;
 use utoipa_axum::router::OpenApiRouter;
 
 pub use config::Config;
+pub use handoff_storage::install_tls_provider;
 pub use serve::serve;
 pub use state::{AppState, StartError};
 

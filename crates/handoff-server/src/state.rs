@@ -31,13 +31,13 @@ impl Deref for AppState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("metadata store: {0}")]
+    #[error("metadata store")]
     Database(#[from] handoff_db::ConnectError),
-    #[error("blob store: {0}")]
+    #[error("blob store")]
     Storage(#[from] handoff_storage::OpenError),
     #[error("could not create the data directory {0}: {1}")]
     DataDir(std::path::PathBuf, #[source] std::io::Error),
-    #[error("could not load signing keys: {0}")]
+    #[error("could not load signing keys")]
     Keys(#[source] handoff_core::StoreError),
     #[error("could not prepare password hashing: {0:?}")]
     Passwords(crate::error::ApiError),

@@ -37,3 +37,9 @@ pub async fn open(url: &str) -> Result<Arc<dyn BlobStore>, OpenError> {
         None => Ok(Arc::new(LocalStore::open(PathBuf::from(url)).await?)),
     }
 }
+
+/// Installs ring as the process's TLS crypto provider (idempotent). The whole tree uses one provider; every
+/// HTTPS client in the process (the S3 client, test clients) needs it installed before it is built.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -48,6 +48,7 @@ impl TestApp {
     }
 
     async fn start(config: Config, data_dir: std::sync::Arc<tempfile::TempDir>) -> Self {
+        handoff_server::install_tls_provider();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         let state = AppState::build(config.clone()).await.expect("state");
