@@ -1,4 +1,9 @@
-//! Handoff's metadata store: implementations of [`handoff_core::MetadataStore`] on sqlx, chosen by URL.
+//! Handoff's metadata store: implementations of [`handoff_core::MetadataStore`] on sqlx, chosen by URL:
+//!
+//! - `sqlite://PATH` → [`SqliteStore`], the self-hosted default (one file, WAL, one writer connection);
+//! - `postgres://…` or `postgresql://…` → [`PostgresStore`], for several nodes sharing one database (row locks
+//!   for multi-statement decisions, a bounded pool that fails fast when the server is unreachable).
+//!
 //! Each backend has its own append-only migrations under `migrations/<backend>/`, embedded in the binary and
 //! applied at start-up (or by `handoff migrate`). Every backend passes the same contract suite
 //! (`tests/contract.rs`).
@@ -7,14 +12,16 @@ use std::sync::Arc;
 
 use handoff_core::{MetadataStore, StoreError};
 
+mod postgres;
 mod sqlite;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// Errors opening a store; once open, operations report [`StoreError`].
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("unsupported database URL scheme (expected sqlite://…): {0}")]
+    #[error("unsupported database URL scheme (expected sqlite://…, postgres://… or postgresql://…): {0}")]
     UnsupportedScheme(String),
     #[error("invalid database URL: {0}")]
     InvalidUrl(String),
@@ -29,19 +36,45 @@ pub async fn connect(url: &str) -> Result<Arc<dyn MetadataStore>, ConnectError> 
     let scheme = url.split_once(':').map_or(url, |(scheme, _)| scheme);
     match scheme {
         "sqlite" => Ok(Arc::new(SqliteStore::open(url).await?)),
+        "postgres" | "postgresql" => Ok(Arc::new(PostgresStore::open(url).await?)),
         other => Err(ConnectError::UnsupportedScheme(other.to_owned())),
     }
 }
 
 /// Translates a driver error once, for every query: uniqueness → `Conflict`, connectivity → `Unavailable`.
+/// A refused connection surfaces as `PoolTimedOut` once the pool's acquire timeout has passed retrying it.
 pub(crate) fn store_error(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
         sqlx::Error::RowNotFound => StoreError::NotFound,
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+        sqlx::Error::Database(db) => match db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+            Some(pg) => {
+                let code = pg.code().to_owned();
+                postgres_error(&code, e)
+            }
+            None if db.code().as_deref() == Some("13") => StoreError::Full, // SQLITE_FULL
+            None => StoreError::other(e),
+        },
+        _ => StoreError::other(e),
+    }
+}
+
+/// PostgreSQL SQLSTATEs (Appendix A of its manual) that mean something other than a bug in the query.
+fn postgres_error(code: &str, e: sqlx::Error) -> StoreError {
+    match code {
+        "53100" => StoreError::Full, // disk_full
+        // connection_exception (08…), out_of_memory, too_many_connections, admin_shutdown, crash_shutdown,
+        // cannot_connect_now, database_dropped, read_only_sql_transaction (a standby, e.g. during a failover),
+        // and serialization_failure / deadlock_detected that outlived the caller's own retries: all transient.
+        c if c.starts_with("08") => StoreError::Unavailable(e.to_string()),
+        "53200" | "53300" | "57P01" | "57P02" | "57P03" | "57P04" | "25006" | "40001" | "40P01" => {
             StoreError::Unavailable(e.to_string())
         }
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("13") => StoreError::Full, // SQLITE_FULL
         _ => StoreError::other(e),
     }
 }

@@ -1,5 +1,6 @@
-//! The metadata-store contract: every backend must pass these same tests. SQLite always runs; other backends
-//! join when their URL is set in the environment (CI sets them).
+//! The metadata-store contract: every backend must pass these same tests. SQLite always runs; PostgreSQL joins
+//! when `HANDOFF_TEST_POSTGRES_URL` is set (CI sets it, and with `CI` set a missing URL is a failure, not a skip).
+//! Each test gets its own freshly created PostgreSQL database, dropped again when the test ends.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,14 +11,115 @@ use handoff_core::{
     BlobId, FileCursor, FileKey, FileName, FilePatch, FileRecord, MetadataStore, NewUser, RefreshOutcome,
     SigningKeyRecord, StoreError, User, Username, Visibility,
 };
+use sqlx::{Connection as _, PgConnection};
 use time::Duration;
 use uuid::Uuid;
 
-/// A fresh, empty store per call.
-async fn backends() -> Vec<(String, Arc<dyn MetadataStore>, tempfile::TempDir)> {
+/// What keeps a backend's storage alive for the test, and removes it afterwards.
+#[allow(dead_code)] // held only for its `Drop`
+enum Scratch {
+    Dir(tempfile::TempDir),
+    Postgres(TestDatabase),
+}
+
+/// The admin URL of the PostgreSQL server to test against, if any. A CI run that would silently skip PostgreSQL
+/// is a failure.
+fn postgres_admin_url() -> Option<String> {
+    match std::env::var("HANDOFF_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var_os("CI").is_some() => panic!(
+            "PostgreSQL suite would be skipped in CI: set HANDOFF_TEST_POSTGRES_URL \
+             (e.g. postgres://postgres@127.0.0.1:5432/test)"
+        ),
+        _ => None,
+    }
+}
+
+/// A fresh, empty store per call and backend.
+async fn backends() -> Vec<(String, Arc<dyn MetadataStore>, Scratch)> {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("contract.db").display());
-    vec![("sqlite".into(), handoff_db::connect(&url).await.unwrap(), dir)]
+    let mut all = vec![(
+        "sqlite".to_owned(),
+        handoff_db::connect(&url).await.unwrap(),
+        Scratch::Dir(dir),
+    )];
+    if let Some(admin_url) = postgres_admin_url() {
+        let db = TestDatabase::create(&admin_url).await;
+        let store = handoff_db::connect(&db.url)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {}: {e}", db.name));
+        all.push(("postgres".to_owned(), store, Scratch::Postgres(db)));
+    }
+    all
+}
+
+/// A uniquely named database on the test server, created empty and dropped (connections and all) on `Drop`.
+struct TestDatabase {
+    admin_url: String,
+    name: String,
+    /// The URL of this database: the admin URL with its database name replaced.
+    url: String,
+}
+
+impl TestDatabase {
+    async fn create(admin_url: &str) -> Self {
+        let name = format!("handoff_test_{}", Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("HANDOFF_TEST_POSTGRES_URL: cannot connect: {e}"));
+        // A locale-aware default collation (ICU en-US orders `a` before `B`), so that the store's byte-order
+        // keyset pagination is really tested; servers without ICU get a plain database.
+        let icu = format!(
+            "CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LOCALE_PROVIDER icu ICU_LOCALE 'en-US' \
+             LOCALE 'C.UTF-8'"
+        );
+        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(icu)).execute(&mut admin).await {
+            eprintln!("no ICU database ({e}); using the server's default collation");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut admin)
+                .await
+                .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+        }
+        admin.close().await.unwrap();
+        let url = with_database(admin_url, &name);
+        Self {
+            admin_url: admin_url.to_owned(),
+            name,
+            url,
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Drop is synchronous and may run inside the test's runtime: do the async work on a thread of its own.
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || -> Result<(), sqlx::Error> {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async {
+                let mut admin = PgConnection::connect(&admin_url).await?;
+                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await?;
+                admin.close().await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}: {dropped:?}", self.name);
+        }
+    }
+}
+
+/// `postgres://user@host:port/db?params` with `db` replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL with a scheme");
+    let (location, query) = rest.split_once('?').map_or((rest, None), |(l, q)| (l, Some(q)));
+    let authority = location.split_once('/').map_or(location, |(a, _)| a);
+    match query {
+        Some(query) => format!("{scheme}://{authority}/{name}?{query}"),
+        None => format!("{scheme}://{authority}/{name}"),
+    }
 }
 
 async fn user(store: &dyn MetadataStore, name: &str) -> User {
@@ -334,4 +436,114 @@ async fn signing_keys_newest_first() {
         assert_eq!(keys[0].private_der, vec![1, 2, 3]);
         assert_eq!(keys[0].public_raw, vec![4, 5, 6]);
     }
+}
+
+#[tokio::test]
+async fn listing_orders_keys_by_bytes_not_by_locale() {
+    for (backend, store, _dir) in backends().await {
+        let alice = user(store.as_ref(), "alice").await;
+        let at = handoff_core::now();
+        // Same timestamp, so only the key orders them. Byte order: '-' < '0' < 'B' < '_' < 'a'; a locale-aware
+        // collation would put 'a' before 'B' and the punctuation elsewhere.
+        let files: Vec<FileRecord> = ["a", "B", "_", "-", "0", "b", "A"]
+            .iter()
+            .map(|first| {
+                let mut f = file(&alice, "same-time", at);
+                f.key = FileKey::parse(&format!("{first}{}", "x".repeat(31))).unwrap();
+                f
+            })
+            .collect();
+        store.insert_files(&files).await.unwrap();
+        let mut seen = Vec::new();
+        let mut cursor: Option<FileCursor> = None;
+        loop {
+            let page = store.list_files(alice.id, cursor.as_ref(), 1).await.unwrap();
+            let Some(last) = page.last() else { break };
+            cursor = Some(FileCursor::after(last));
+            seen.extend(page.into_iter().map(|f| f.key.as_str().to_owned()));
+        }
+        let mut expected: Vec<String> = files.iter().map(|f| f.key.as_str().to_owned()).collect();
+        expected.sort_unstable_by(|a, b| b.cmp(a));
+        assert_eq!(
+            seen, expected,
+            "{backend}: newest first, then key in descending byte order"
+        );
+    }
+}
+
+/// Two nodes: two independent pools on one database, started at the same time (both run the migrations, which
+/// must serialise on the migrator's advisory lock), racing to rotate the same refresh token.
+#[tokio::test]
+async fn postgres_two_nodes_rotating_one_token_have_one_winner() {
+    let Some(admin_url) = postgres_admin_url() else {
+        eprintln!("HANDOFF_TEST_POSTGRES_URL unset: skipping");
+        return;
+    };
+    let db = TestDatabase::create(&admin_url).await;
+    let (a, b) = tokio::join!(handoff_db::connect(&db.url), handoff_db::connect(&db.url));
+    let nodes = [a.unwrap(), b.unwrap()];
+    let alice = user(nodes[0].as_ref(), "alice").await;
+    let now = handoff_core::now();
+    let expires = now + Duration::days(1);
+    for round in 0..5u8 {
+        let presented = [round; 32];
+        nodes[1]
+            .insert_refresh_token(&NewRefreshToken {
+                hash: presented,
+                family: Uuid::now_v7(),
+                user: alice.id,
+                expires_at: expires,
+            })
+            .await
+            .unwrap();
+        let tasks: Vec<_> = (0..16u8)
+            .map(|i| {
+                let node = nodes[usize::from(i % 2)].clone();
+                let successor = [
+                    round, i, 0xAA, 0x55, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                    0, 1,
+                ];
+                tokio::spawn(async move { node.rotate_refresh_token(&presented, &successor, expires, now).await })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.unwrap().unwrap());
+        }
+        let winners = outcomes
+            .iter()
+            .filter(|o| **o == RefreshOutcome::Rotated { user: alice.id })
+            .count();
+        assert_eq!(winners, 1, "round {round}: {outcomes:?}");
+        assert!(
+            outcomes.iter().all(|o| matches!(
+                o,
+                RefreshOutcome::Rotated { .. } | RefreshOutcome::Reused | RefreshOutcome::Invalid
+            )),
+            "{outcomes:?}"
+        );
+        // The losers presented a spent token: the family is revoked, seen alike from both nodes.
+        for node in &nodes {
+            assert_eq!(
+                node.rotate_refresh_token(&presented, &[0xEE; 32], expires, now)
+                    .await
+                    .unwrap(),
+                RefreshOutcome::Invalid
+            );
+        }
+    }
+}
+
+/// An unreachable server is a quick, classified failure, not a hang.
+#[tokio::test]
+async fn postgres_unreachable_fails_fast() {
+    let started = std::time::Instant::now();
+    // Port 1 on loopback: nothing listens, so connections are refused until the acquire timeout.
+    let result = handoff_db::connect("postgres://handoff@127.0.0.1:1/handoff").await;
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(result, Err(handoff_db::ConnectError::Open(sqlx::Error::PoolTimedOut))),
+        "{result:?}"
+    );
+    assert!(elapsed < std::time::Duration::from_secs(10), "took {elapsed:?}");
 }
