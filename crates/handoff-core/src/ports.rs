@@ -134,6 +134,19 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
 
     /// Removes partial writes left by crashed or abandoned uploads older than `min_age`; returns how many.
     async fn sweep_incomplete(&self, min_age: Duration) -> StoreResult<u64>;
+
+    /// A URL that lets anyone holding it `GET` the blob for `ttl`, served with the given `Content-Disposition`
+    /// and `Content-Type`; `None` when this store cannot sign URLs (then the server streams the bytes itself).
+    /// Only ever minted after the access check.
+    async fn presigned_get(
+        &self,
+        _id: BlobId,
+        _ttl: Duration,
+        _content_disposition: &str,
+        _content_type: &str,
+    ) -> StoreResult<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// An in-progress blob. Dropping it without `commit` discards the partial bytes.

@@ -1,0 +1,195 @@
+//! The blob-store contract: local directory, memory and S3 (a real SigV4-checking server in-process) pass the
+//! same tests. The S3 suite always runs: nothing external needs to be configured for it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt as _;
+use handoff_core::{BlobId, BlobStore, StoreError};
+use handoff_storage::testing::TestS3;
+
+struct Backend {
+    name: &'static str,
+    store: Arc<dyn BlobStore>,
+    _dir: Option<tempfile::TempDir>,
+    _s3: Option<TestS3>,
+}
+
+async fn backends() -> Vec<Backend> {
+    handoff_storage::install_tls_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let local = handoff_storage::open(&format!("file://{}", dir.path().display()))
+        .await
+        .unwrap();
+    let s3 = TestS3::start().await;
+    let remote = handoff_storage::open(&s3.storage_url("contract")).await.unwrap();
+    vec![
+        Backend {
+            name: "local",
+            store: local,
+            _dir: Some(dir),
+            _s3: None,
+        },
+        Backend {
+            name: "memory",
+            store: handoff_storage::open("memory://").await.unwrap(),
+            _dir: None,
+            _s3: None,
+        },
+        Backend {
+            name: "s3",
+            store: remote,
+            _dir: None,
+            _s3: Some(s3),
+        },
+    ]
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+async fn put(store: &dyn BlobStore, bytes: &[u8], chunk: usize) -> BlobId {
+    let mut writer = store.create().await.unwrap();
+    for piece in bytes.chunks(chunk.max(1)) {
+        writer.write(Bytes::copy_from_slice(piece)).await.unwrap();
+    }
+    let id = writer.id();
+    writer.commit().await.unwrap();
+    id
+}
+
+async fn read(store: &dyn BlobStore, id: BlobId, range: Option<std::ops::Range<u64>>) -> Vec<u8> {
+    let reader = store.open(id, range).await.unwrap();
+    let len = reader.len;
+    let chunks: Vec<Bytes> = reader.stream.try_collect().await.unwrap();
+    let bytes = chunks.concat();
+    assert_eq!(bytes.len() as u64, len, "declared length matches the bytes");
+    bytes
+}
+
+#[tokio::test]
+async fn blobs_round_trip_whole_and_in_ranges() {
+    for backend in backends().await {
+        let store = backend.store.as_ref();
+        // Empty, tiny, and large enough for several S3 multipart parts.
+        for (len, chunk) in [(0, 1), (1, 1), (100_000, 7_000), (20 * 1024 * 1024 + 5, 1 << 20)] {
+            let bytes = pattern(len);
+            let id = put(store, &bytes, chunk).await;
+            assert_eq!(read(store, id, None).await, bytes, "{} {len}", backend.name);
+            if len > 10 {
+                let r = (len as u64 / 3)..(len as u64 - 2);
+                assert_eq!(
+                    read(store, id, Some(r.clone())).await,
+                    bytes[r.start as usize..r.end as usize]
+                );
+                assert_eq!(read(store, id, Some(0..1)).await, bytes[..1], "{}", backend.name);
+            }
+            assert!(read(store, id, Some(0..0)).await.is_empty());
+        }
+        store.ping().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn nothing_is_visible_before_commit_and_abandoned_writes_vanish() {
+    for backend in backends().await {
+        let store = backend.store.as_ref();
+        let mut writer = store.create().await.unwrap();
+        // More than one S3 part, so a multipart upload is really in progress.
+        for _ in 0..10 {
+            writer.write(Bytes::from(vec![7u8; 1 << 20])).await.unwrap();
+        }
+        let id = writer.id();
+        assert!(
+            matches!(store.open(id, None).await, Err(StoreError::NotFound)),
+            "{}",
+            backend.name
+        );
+        assert!(!store.list_older_than(Duration::ZERO).await.unwrap().contains(&id));
+        drop(writer);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            matches!(store.open(id, None).await, Err(StoreError::NotFound)),
+            "{}",
+            backend.name
+        );
+        store.sweep_incomplete(Duration::ZERO).await.unwrap();
+        assert!(
+            store.list_older_than(Duration::ZERO).await.unwrap().is_empty(),
+            "{}",
+            backend.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn delete_is_idempotent_and_listing_sees_committed_blobs() {
+    for backend in backends().await {
+        let store = backend.store.as_ref();
+        let a = put(store, b"a", 1).await;
+        let b = put(store, b"b", 1).await;
+        let mut listed = store.list_older_than(Duration::ZERO).await.unwrap();
+        listed.sort();
+        let mut expected = vec![a, b];
+        expected.sort();
+        assert_eq!(listed, expected, "{}", backend.name);
+        assert!(
+            store
+                .list_older_than(Duration::from_secs(3600))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        store.delete(a).await.unwrap();
+        store.delete(a).await.unwrap();
+        store.delete(BlobId::generate()).await.unwrap();
+        assert!(
+            matches!(store.open(a, None).await, Err(StoreError::NotFound)),
+            "{}",
+            backend.name
+        );
+        assert_eq!(read(store, b, None).await, b"b");
+    }
+}
+
+#[tokio::test]
+async fn presigned_urls_work_with_a_plain_client_and_only_as_signed() {
+    for backend in backends().await {
+        let store = backend.store.as_ref();
+        let bytes = pattern(300_000);
+        let id = put(store, &bytes, 65_536).await;
+        let url = store
+            .presigned_get(
+                id,
+                Duration::from_secs(60),
+                "attachment; filename=\"a.bin\"",
+                "application/octet-stream",
+            )
+            .await
+            .unwrap();
+        let Some(url) = url else {
+            assert_ne!(backend.name, "s3", "S3 must sign URLs");
+            continue;
+        };
+        assert!(
+            !url.contains(handoff_storage::testing::SECRET_KEY),
+            "the secret never appears in a URL"
+        );
+        let client = reqwest::Client::new();
+        let response = client.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.bytes().await.unwrap(), bytes);
+        let ranged = client.get(&url).header("range", "bytes=10-19").send().await.unwrap();
+        assert_eq!(ranged.status(), 206);
+        assert_eq!(ranged.bytes().await.unwrap(), bytes[10..20]);
+        // Tampering with the signed query or the method is refused by the store.
+        let tampered = url.replace("a.bin", "b.bin");
+        assert_eq!(client.get(&tampered).send().await.unwrap().status(), 403);
+        assert!(client.delete(&url).send().await.unwrap().status().is_client_error());
+        assert_eq!(read(store, id, None).await, bytes, "still there");
+    }
+}
