@@ -14,6 +14,8 @@ use handoff_core::{MetadataStore, StoreError};
 
 mod postgres;
 mod sqlite;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
