@@ -1,5 +1,7 @@
 //! Test support (feature `testing`): throwaway PostgreSQL databases for suites that must run on every backend.
 
+#![allow(clippy::expect_used)] // test support: a failure here is a broken test environment
+
 use sqlx::{Connection as _, PgConnection};
 use uuid::Uuid;
 
@@ -44,7 +46,7 @@ impl TestDatabase {
                 .await
                 .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
         }
-        admin.close().await.unwrap();
+        admin.close().await.expect("closing the admin connection");
         let url = with_database(admin_url, &name);
         Self {
             admin_url: admin_url.to_owned(),
