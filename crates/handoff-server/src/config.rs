@@ -15,15 +15,45 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where the default SQLite database and local blobs live.
     pub data_dir: PathBuf,
-    /// `sqlite://PATH`. Default: `sqlite://<data_dir>/handoff.db`.
+    /// `sqlite://PATH` or `postgres://USER:PASSWORD@HOST/DB`. Default: `sqlite://<data_dir>/handoff.db`.
     pub database_url: Option<String>,
-    /// `file://DIR` or `memory://`. Default: `file://<data_dir>/storage`.
+    /// `file://DIR`, `s3://BUCKET/PREFIX?endpoint=…&region=…&path_style=…` or `memory://`.
+    /// Default: `file://<data_dir>/storage`.
     pub storage_url: Option<String>,
     /// Visibility of new files when the upload does not say.
     pub default_visibility: Visibility,
     pub auth: AuthConfig,
     pub limits: Limits,
     pub maintenance: Maintenance,
+    pub downloads: Downloads,
+}
+
+/// How file bytes reach a downloader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DownloadMode {
+    /// The server streams the bytes.
+    Proxy,
+    /// After the access check, the server answers `302` to a short-lived presigned URL of the blob store (S3),
+    /// so the bytes bypass the server. Stores that cannot sign fall back to `proxy`.
+    Redirect,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Downloads {
+    pub mode: DownloadMode,
+    /// Lifetime of a presigned download URL. Short: the access check happened when it was minted.
+    pub presigned_ttl_secs: u64,
+}
+
+impl Default for Downloads {
+    fn default() -> Self {
+        Self {
+            mode: DownloadMode::Proxy,
+            presigned_ttl_secs: 300,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -81,6 +111,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             limits: Limits::default(),
             maintenance: Maintenance::default(),
+            downloads: Downloads::default(),
         }
     }
 }
@@ -197,6 +228,7 @@ impl std::fmt::Debug for Config {
             .field("auth", &shown.auth)
             .field("limits", &shown.limits)
             .field("maintenance", &shown.maintenance)
+            .field("downloads", &shown.downloads)
             .finish()
     }
 }

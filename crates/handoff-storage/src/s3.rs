@@ -54,7 +54,7 @@ fn is_true(v: &str) -> bool {
 impl S3Store {
     pub fn open(raw: &str) -> Result<Self, OpenError> {
         crate::install_tls_provider();
-        let url = url::Url::parse(raw).map_err(|e| open_error(e))?;
+        let url = url::Url::parse(raw).map_err(open_error)?;
         let bucket = url
             .host_str()
             .filter(|b| !b.is_empty())
@@ -91,7 +91,7 @@ impl S3Store {
             .with_retry(retry)
             .with_client_options(client)
             .build()
-            .map_err(|e| open_error(e))?;
+            .map_err(open_error)?;
         Ok(Self {
             store: Arc::new(store),
             prefix,

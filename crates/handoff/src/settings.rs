@@ -18,10 +18,11 @@ pub struct ConfigArgs {
     /// Data directory for the default SQLite database and local blobs [default: ./handoff-data].
     #[arg(long, env = "HANDOFF_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Metadata store: sqlite://PATH [default: a SQLite file in the data directory].
+    /// Metadata store: sqlite://PATH or postgres://… [default: a SQLite file in the data directory].
     #[arg(long, env = "HANDOFF_DATABASE_URL", value_name = "URL")]
     database_url: Option<String>,
-    /// Blob store: file://DIR or memory:// [default: a directory in the data directory].
+    /// Blob store: file://DIR, s3://BUCKET/PREFIX?endpoint=…, or memory:// [default: a directory in the data
+    /// directory].
     #[arg(long, env = "HANDOFF_STORAGE_URL", value_name = "URL")]
     storage_url: Option<String>,
 }
@@ -35,7 +36,12 @@ const ENV_KEYS: &[&str] = &[
     "HANDOFF_STORAGE_URL",
     "HANDOFF_DEFAULT_VISIBILITY",
 ];
-const ENV_SECTIONS: &[&str] = &["HANDOFF_AUTH__", "HANDOFF_LIMITS__", "HANDOFF_MAINTENANCE__"];
+const ENV_SECTIONS: &[&str] = &[
+    "HANDOFF_AUTH__",
+    "HANDOFF_LIMITS__",
+    "HANDOFF_MAINTENANCE__",
+    "HANDOFF_DOWNLOADS__",
+];
 
 impl ConfigArgs {
     pub fn load(&self) -> anyhow::Result<Config> {

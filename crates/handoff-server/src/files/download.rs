@@ -11,6 +11,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use time::OffsetDateTime;
 use time::macros::format_description;
 
+use crate::config::DownloadMode;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -138,6 +139,12 @@ pub async fn respond(state: &AppState, file: &FileRecord, headers: &HeaderMap) -
         return Ok((StatusCode::NOT_MODIFIED, common).into_response());
     }
 
+    if state.config.downloads.mode == DownloadMode::Redirect
+        && let Some(redirect) = presigned_redirect(state, file).await?
+    {
+        return Ok(redirect);
+    }
+
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         Some(value) if if_range_allows(headers, &etag) => parse_range(value, file.size),
         _ => RangeRequest::Full,
@@ -180,6 +187,29 @@ pub async fn respond(state: &AppState, file: &FileRecord, headers: &HeaderMap) -
         );
     }
     Ok(response)
+}
+
+/// `302` to a presigned URL of the blob, minted now, after the caller's access was checked; `None` when the
+/// store cannot sign. The store serves the bytes with our `Content-Disposition` and type, and handles `Range`.
+async fn presigned_redirect(state: &AppState, file: &FileRecord) -> ApiResult<Option<Response>> {
+    let ttl = std::time::Duration::from_secs(state.config.downloads.presigned_ttl_secs);
+    let disposition = content_disposition(&file.name);
+    let disposition = disposition.to_str().unwrap_or("attachment");
+    let Some(url) = state
+        .blobs
+        .presigned_get(file.blob, ttl, disposition, &file.content_type)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let location = HeaderValue::from_str(&url).map_err(ApiError::internal)?;
+    let mut response = StatusCode::FOUND.into_response();
+    let out = response.headers_mut();
+    out.insert(header::LOCATION, location);
+    // The URL is a bearer credential for a few minutes: never cache it, never leak it as a referrer.
+    out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    out.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    Ok(Some(response))
 }
 
 #[cfg(test)]

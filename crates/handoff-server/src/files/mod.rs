@@ -172,6 +172,7 @@ async fn authorized_file(state: &AppState, user: &User, raw_key: &str, action: F
         (status = 200, description = "Without `fileName`: a page of your files, newest first. With `fileName`: the file's bytes.",
             content((FileList = "application/json"), (Binary = "application/octet-stream"))),
         (status = 206, description = "Part of the file (with `fileName` and `Range`)"),
+        (status = 302, description = "Download mode `redirect`: a short-lived presigned URL of the blob store"),
         (status = 304, description = "Not modified (`If-None-Match`)"),
         (status = 400, description = "Bad query", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
@@ -363,6 +364,7 @@ async fn delete(
     responses(
         (status = 200, description = "The bytes", content_type = "application/octet-stream", body = Binary),
         (status = 206, description = "The requested range", content_type = "application/octet-stream", body = Binary),
+        (status = 302, description = "Download mode `redirect`: a short-lived presigned URL of the blob store"),
         (status = 304, description = "Not modified"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such file available to you", body = Problem, content_type = "application/problem+json"),

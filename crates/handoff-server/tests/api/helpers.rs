@@ -10,6 +10,34 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// Where a test server keeps its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The self-hosted default: SQLite and a local directory.
+    Embedded,
+    /// The scaled-out deployment: PostgreSQL and S3 (a real SigV4-checking server, in-process).
+    Scaled,
+}
+
+/// External resources a scaled test server uses, dropped with the last `TestApp` that shares them.
+#[allow(dead_code)] // held for their `Drop`
+pub struct ScaledResources {
+    pub database: handoff_db::testing::TestDatabase,
+    pub s3: handoff_storage::testing::TestS3,
+}
+
+/// The backends a suite should cover: always the embedded one, and the scaled one when PostgreSQL is configured
+/// (`HANDOFF_TEST_POSTGRES_URL`; required when `CI` is set).
+pub fn all_backends() -> Vec<Backend> {
+    let mut all = vec![Backend::Embedded];
+    if handoff_db::testing::postgres_admin_url().is_some() {
+        all.push(Backend::Scaled);
+    } else {
+        eprintln!("HANDOFF_TEST_POSTGRES_URL is not set: skipping the PostgreSQL + S3 backend");
+    }
+    all
+}
+
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
@@ -17,6 +45,7 @@ pub struct TestApp {
     pub config: Config,
     /// Kept alive for the lifetime of the app (and across restarts).
     pub data_dir: std::sync::Arc<tempfile::TempDir>,
+    pub scaled: Option<std::sync::Arc<ScaledResources>>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
@@ -36,6 +65,10 @@ impl TestApp {
 
     /// A server whose configuration `customise` may change (limits, defaults, ...).
     pub async fn spawn_with(customise: impl FnOnce(&mut Config)) -> Self {
+        Self::spawn_on(Backend::Embedded, customise).await
+    }
+
+    pub async fn spawn_on(backend: Backend, customise: impl FnOnce(&mut Config)) -> Self {
         let data_dir = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
         let mut config = Config {
             listen: "127.0.0.1:0".parse().expect("address"),
@@ -43,11 +76,28 @@ impl TestApp {
             ..Config::default()
         };
         config.auth.password_hash_concurrency = 4;
+        let scaled = match backend {
+            Backend::Embedded => None,
+            Backend::Scaled => {
+                let admin = handoff_db::testing::postgres_admin_url().expect("HANDOFF_TEST_POSTGRES_URL");
+                let resources = ScaledResources {
+                    database: handoff_db::testing::TestDatabase::create(&admin).await,
+                    s3: handoff_storage::testing::TestS3::start().await,
+                };
+                config.database_url = Some(resources.database.url.clone());
+                config.storage_url = Some(resources.s3.storage_url("handoff"));
+                Some(std::sync::Arc::new(resources))
+            }
+        };
         customise(&mut config);
-        Self::start(config, data_dir).await
+        Self::start(config, data_dir, scaled).await
     }
 
-    async fn start(config: Config, data_dir: std::sync::Arc<tempfile::TempDir>) -> Self {
+    async fn start(
+        config: Config,
+        data_dir: std::sync::Arc<tempfile::TempDir>,
+        scaled: Option<std::sync::Arc<ScaledResources>>,
+    ) -> Self {
         handoff_server::install_tls_provider();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
@@ -72,6 +122,7 @@ impl TestApp {
             state,
             config,
             data_dir,
+            scaled,
             shutdown: Some(shutdown),
             server: Some(server),
         }
@@ -82,8 +133,9 @@ impl TestApp {
         self.stop().await;
         let config = self.config.clone();
         let data_dir = self.data_dir.clone();
+        let scaled = self.scaled.clone();
         drop(self);
-        Self::start(config, data_dir).await
+        Self::start(config, data_dir, scaled).await
     }
 
     pub async fn stop(&mut self) {
@@ -103,7 +155,17 @@ impl TestApp {
         self.data_dir.path().join("storage")
     }
 
-    /// Every file under the storage directory (committed blobs and partial uploads).
+    /// Committed blobs, on any backend.
+    pub async fn blob_count(&self) -> usize {
+        self.state
+            .blobs
+            .list_older_than(std::time::Duration::ZERO)
+            .await
+            .expect("list blobs")
+            .len()
+    }
+
+    /// Every file under the local storage directory (committed blobs and partial uploads).
     pub fn stored_files(&self) -> Vec<PathBuf> {
         fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
             for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
