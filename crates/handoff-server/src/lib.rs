@@ -26,7 +26,7 @@ use utoipa_axum::router::OpenApiRouter;
 pub use config::Config;
 pub use handoff_storage::install_tls_provider;
 pub use serve::serve;
-pub use state::{AppState, StartError};
+pub use state::{AppState, StartError, open_metadata};
 
 /// Every documented route, with its OpenAPI description.
 fn api() -> OpenApiRouter<AppState> {

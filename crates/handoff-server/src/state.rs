@@ -43,6 +43,16 @@ pub enum StartError {
     Passwords(crate::error::ApiError),
 }
 
+/// Opens the metadata store named by `config` (applying migrations), creating the default data directory first.
+pub async fn open_metadata(config: &Config) -> Result<Arc<dyn MetadataStore>, StartError> {
+    if config.database_url.is_none() {
+        tokio::fs::create_dir_all(&config.data_dir)
+            .await
+            .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
+    }
+    Ok(handoff_db::connect(&config.database_url()).await?)
+}
+
 impl AppState {
     /// Opens the backends named by `config` (creating the default data directory if needed).
     pub async fn build(config: Config) -> Result<Self, StartError> {
@@ -51,7 +61,7 @@ impl AppState {
                 .await
                 .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
         }
-        let meta = handoff_db::connect(&config.database_url()).await?;
+        let meta = open_metadata(&config).await?;
         let blobs = handoff_storage::open(&config.storage_url()).await?;
         Self::with_stores(config, meta, blobs).await
     }

@@ -27,6 +27,9 @@ enum Command {
     Config(ConfigArgs),
     /// Apply pending database migrations and exit.
     Migrate(ConfigArgs),
+    /// Add a new JWT signing key for the whole cluster. Nodes sign with it within a minute; tokens signed with
+    /// older keys stay valid until they expire.
+    RotateSigningKey(ConfigArgs),
     /// Print the OpenAPI document.
     Openapi,
 }
@@ -87,6 +90,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             // Opening the store applies pending migrations.
             AppState::build(config).await.context("migrating")?;
             println!("migrations applied");
+        }
+        Command::RotateSigningKey(args) => {
+            let config = args.load()?;
+            let meta = handoff_server::open_metadata(&config)
+                .await
+                .context("opening the metadata store")?;
+            let kid = handoff_server::auth::tokens::TokenService::rotate(meta.as_ref())
+                .await
+                .context("storing the new key")?;
+            println!("new signing key {kid}");
         }
         Command::Openapi => {
             let document = handoff_server::openapi_document();

@@ -19,8 +19,9 @@ use uuid::Uuid;
 
 const ALGORITHM: Algorithm = Algorithm::EdDSA;
 const ALGORITHM_NAME: &str = "EdDSA";
-/// An unknown `kid` triggers at most one reload of the key set per this interval, so forged `kid`s cannot turn
-/// into a database flood.
+/// The key set is re-read from the metadata store at most this often: an unknown `kid` (a key another node just
+/// made) triggers a reload no sooner, so forged `kid`s cannot turn into a database flood; and signing picks up a
+/// cluster-wide rotation within this interval.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -131,7 +132,20 @@ impl TokenService {
         self.ttl
     }
 
+    /// Adds a new signing key for the whole cluster: every node signs with it once it has reloaded its key set
+    /// (within a minute), and keeps verifying tokens signed with the older keys.
+    pub async fn rotate(meta: &dyn MetadataStore) -> StoreResult<String> {
+        let key = generate_key()?;
+        meta.insert_signing_key(&key).await?;
+        Ok(key.kid)
+    }
+
     pub async fn issue(&self, user: &User) -> Result<String, TokenError> {
+        let stale = self.keys.read().await.loaded_at.elapsed() >= RELOAD_INTERVAL;
+        if stale {
+            let fresh = load_keys(self.meta.as_ref()).await?;
+            *self.keys.write().await = fresh;
+        }
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let claims = Claims {
             iss: self.issuer.clone(),
