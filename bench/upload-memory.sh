@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Peak resident memory of `handoff serve` while one large file streams in (default 5 GiB).
+#
+#   bench/upload-memory.sh [SIZE_GIB]
+#
+# Builds the release binary, starts it on a free loopback port with a fresh data directory, uploads SIZE_GIB of
+# zeros through `POST /files` (chunked, from a pipe, so the client holds nothing either), checks the stored size,
+# and prints the server's peak RSS (VmHWM) before and after. Everything it starts is stopped by PID.
+set -euo pipefail
+size_gib=${1:-5}
+cd "$(dirname "$0")/.."
+cargo build --release --quiet -p handoff
+data=$(mktemp -d)
+out=$(mktemp)
+cleanup() { [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$data" "$out"; }
+trap cleanup EXIT
+
+./target/release/handoff serve --listen 127.0.0.1:0 --data-dir "$data" >"$out" 2>/dev/null &
+pid=$!
+for _ in $(seq 100); do grep -q listening "$out" && break; sleep 0.05; done
+base=$(sed -n 's/^handoff listening on //p' "$out")
+
+curl -sf -X POST "$base/auth/signup" -H 'content-type: application/json' \
+  -d '{"username":"bench","password":"bench-password"}' >/dev/null
+token=$(curl -sf -X POST "$base/auth/signin" -H 'content-type: application/json' \
+  -d '{"username":"bench","password":"bench-password"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+
+rss() { awk '/^VmHWM/ {print $2}' "/proc/$pid/status"; }
+idle_kib=$(rss)
+start=$(date +%s.%N)
+response=$(head -c "$((size_gib * 1024 * 1024 * 1024))" /dev/zero |
+  curl -sf -X POST -T - "$base/files?fileName=big.bin" -H "authorization: Bearer $token")
+end=$(date +%s.%N)
+stored=$(echo "$response" | python3 -c 'import json,sys; print(json.load(sys.stdin)["size"])')
+peak_kib=$(rss)
+[ "$stored" = "$((size_gib * 1024 * 1024 * 1024))" ] || { echo "stored size $stored is wrong" >&2; exit 1; }
+echo "upload of ${size_gib} GiB: stored ${stored} bytes in $(echo "$end - $start" | bc) s"
+echo "server peak RSS: idle ${idle_kib} KiB, after upload ${peak_kib} KiB"
