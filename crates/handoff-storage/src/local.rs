@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use handoff_core::{BlobId, BlobReader, BlobStore, BlobWriter, StoreError, StoreResult};
-use tokio::task::spawn_blocking;
+use tokio::task::{JoinHandle, spawn_blocking};
 use uuid::Uuid;
 
 use crate::OpenError;
@@ -89,6 +89,7 @@ impl BlobStore for LocalStore {
             tmp_path,
             final_path,
             file: Some(file),
+            in_flight: None,
             buffer: BytesMut::new(),
             committed: false,
         }))
@@ -171,28 +172,37 @@ struct LocalWriter {
     id: BlobId,
     tmp_path: PathBuf,
     final_path: PathBuf,
-    /// `None` only while a blocking write owns it.
+    /// Held here between writes; owned by `in_flight` while a write runs.
     file: Option<File>,
+    /// The previous buffer's write, running on the blocking pool while the next buffer fills (and is hashed by
+    /// the caller): disk and CPU work overlap instead of taking turns.
+    in_flight: Option<JoinHandle<io::Result<File>>>,
     buffer: BytesMut,
     committed: bool,
 }
 
 impl LocalWriter {
+    /// Waits for the write in flight, if any, and takes the file back.
+    async fn settle(&mut self) -> StoreResult<File> {
+        if let Some(write) = self.in_flight.take() {
+            return write.await.map_err(StoreError::other)?.map_err(StoreError::from);
+        }
+        self.file
+            .take()
+            .ok_or_else(|| StoreError::Corrupt("writer used after a failed write".into()))
+    }
+
+    /// Starts writing the buffer (after the previous write finished) without waiting for it.
     async fn flush_buffer(&mut self) -> StoreResult<()> {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let mut file = self
-            .file
-            .take()
-            .ok_or_else(|| StoreError::Corrupt("writer used after a failed write".into()))?;
-        let data = self.buffer.split().freeze();
-        let file = blocking(move || {
+        let mut file = self.settle().await?;
+        let data = std::mem::replace(&mut self.buffer, BytesMut::with_capacity(WRITE_BUFFER)).freeze();
+        self.in_flight = Some(spawn_blocking(move || {
             file.write_all(&data)?;
             Ok(file)
-        })
-        .await?;
-        self.file = Some(file);
+        }));
         Ok(())
     }
 }
@@ -213,10 +223,7 @@ impl BlobWriter for LocalWriter {
 
     async fn commit(mut self: Box<Self>) -> StoreResult<()> {
         self.flush_buffer().await?;
-        let file = self
-            .file
-            .take()
-            .ok_or_else(|| StoreError::Corrupt("writer used after a failed write".into()))?;
+        let file = self.settle().await?;
         let (tmp, dest) = (self.tmp_path.clone(), self.final_path.clone());
         blocking(move || {
             file.sync_data()?;
