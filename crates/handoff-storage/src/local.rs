@@ -6,7 +6,7 @@
 //! returns the blob survives a crash or power loss, and before it nothing exists under its final name.
 
 use std::fs::{self, File};
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -82,13 +82,11 @@ impl BlobStore for LocalStore {
         let id = BlobId::generate();
         let tmp_path = self.tmp_dir().join(format!("{}.part", id.0.simple()));
         let final_path = self.blob_path(id);
-        let path = tmp_path.clone();
-        let file = blocking(move || File::options().write(true).create_new(true).open(path)).await?;
         Ok(Box::new(LocalWriter {
             id,
             tmp_path,
             final_path,
-            file: Some(file),
+            file: None,
             in_flight: None,
             buffer: BytesMut::new(),
             committed: false,
@@ -97,7 +95,7 @@ impl BlobStore for LocalStore {
 
     async fn open(&self, id: BlobId, range: Option<Range<u64>>) -> StoreResult<BlobReader> {
         let path = self.blob_path(id);
-        let (file, len) = blocking(move || {
+        let opened = blocking(move || {
             let mut file = File::open(path)?;
             let total = file.metadata()?.len();
             let range = range.unwrap_or(0..total);
@@ -105,15 +103,28 @@ impl BlobStore for LocalStore {
                 return Err(io::Error::new(io::ErrorKind::InvalidInput, "range beyond blob"));
             }
             file.seek(SeekFrom::Start(range.start))?;
-            Ok((file, range.end - range.start))
+            let len = range.end - range.start;
+            // Small reads are done here and now, in the same trip to the blocking pool.
+            if len <= READ_CHUNK as u64 {
+                let mut bytes = vec![0; len as usize];
+                file.read_exact(&mut bytes)?;
+                return Ok(Opened::Read(Bytes::from(bytes)));
+            }
+            Ok(Opened::Stream(file, len))
         })
         .await?;
-        let reader = tokio::fs::File::from_std(file);
-        let stream =
-            tokio_util::io::ReaderStream::with_capacity(tokio::io::AsyncReadExt::take(reader, len), READ_CHUNK);
-        Ok(BlobReader {
-            len,
-            stream: Box::pin(stream),
+        Ok(match opened {
+            Opened::Read(bytes) => BlobReader {
+                len: bytes.len() as u64,
+                stream: Box::pin(futures::stream::iter([Ok(bytes)])),
+            },
+            Opened::Stream(file, len) => {
+                let reader = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(file), len);
+                BlobReader {
+                    len,
+                    stream: Box::pin(tokio_util::io::ReaderStream::with_capacity(reader, READ_CHUNK)),
+                }
+            }
         })
     }
 
@@ -168,11 +179,17 @@ impl BlobStore for LocalStore {
     }
 }
 
+enum Opened {
+    Read(Bytes),
+    Stream(File, u64),
+}
+
 struct LocalWriter {
     id: BlobId,
     tmp_path: PathBuf,
     final_path: PathBuf,
-    /// Held here between writes; owned by `in_flight` while a write runs.
+    /// Held here between writes; owned by `in_flight` while a write runs. Opened at the first write that
+    /// reaches the disk: a small file is opened, written, synced and renamed in one blocking call at commit.
     file: Option<File>,
     /// The previous buffer's write, running on the blocking pool while the next buffer fills (and is hashed by
     /// the caller): disk and CPU work overlap instead of taking turns.
@@ -182,14 +199,12 @@ struct LocalWriter {
 }
 
 impl LocalWriter {
-    /// Waits for the write in flight, if any, and takes the file back.
-    async fn settle(&mut self) -> StoreResult<File> {
-        if let Some(write) = self.in_flight.take() {
-            return write.await.map_err(StoreError::other)?.map_err(StoreError::from);
+    /// Waits for the write in flight, if any, and takes the file back (`None` if nothing was written yet).
+    async fn settle(&mut self) -> StoreResult<Option<File>> {
+        match self.in_flight.take() {
+            Some(write) => Ok(Some(write.await.map_err(StoreError::other)?.map_err(StoreError::from)?)),
+            None => Ok(self.file.take()),
         }
-        self.file
-            .take()
-            .ok_or_else(|| StoreError::Corrupt("writer used after a failed write".into()))
     }
 
     /// Starts writing the buffer (after the previous write finished) without waiting for it.
@@ -197,14 +212,23 @@ impl LocalWriter {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let mut file = self.settle().await?;
+        let file = self.settle().await?;
+        let tmp = self.tmp_path.clone();
         let data = std::mem::replace(&mut self.buffer, BytesMut::with_capacity(WRITE_BUFFER)).freeze();
         self.in_flight = Some(spawn_blocking(move || {
+            let mut file = match file {
+                Some(file) => file,
+                None => create_part(&tmp)?,
+            };
             file.write_all(&data)?;
             Ok(file)
         }));
         Ok(())
     }
+}
+
+fn create_part(path: &Path) -> io::Result<File> {
+    File::options().write(true).create_new(true).open(path)
 }
 
 #[async_trait]
@@ -222,10 +246,16 @@ impl BlobWriter for LocalWriter {
     }
 
     async fn commit(mut self: Box<Self>) -> StoreResult<()> {
-        self.flush_buffer().await?;
+        // Whatever is still buffered is written by the same blocking call that syncs and renames.
         let file = self.settle().await?;
+        let rest = std::mem::take(&mut self.buffer).freeze();
         let (tmp, dest) = (self.tmp_path.clone(), self.final_path.clone());
         blocking(move || {
+            let mut file = match file {
+                Some(file) => file,
+                None => create_part(&tmp)?,
+            };
+            file.write_all(&rest)?;
             file.sync_data()?;
             drop(file);
             let shard = dest.parent().unwrap_or(Path::new("."));
