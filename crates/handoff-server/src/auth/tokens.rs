@@ -52,8 +52,38 @@ struct KeySet {
     loaded_at: Instant,
 }
 
+/// Tokens already verified, so that a client reusing its token pays for one signature check, not one per
+/// request. Only successful verifications are kept, each until the token's own `exp`; bounded in size.
+#[derive(Default)]
+struct VerifiedCache {
+    entries: std::sync::Mutex<HashMap<String, (UserId, i64)>>,
+}
+
+impl VerifiedCache {
+    const MAX_ENTRIES: usize = 10_000;
+
+    fn get(&self, token: &str, now: i64) -> Option<UserId> {
+        let entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries.get(token).filter(|(_, exp)| *exp > now).map(|(user, _)| *user)
+    }
+
+    fn insert(&self, token: &str, user: UserId, exp: i64) {
+        let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if entries.len() >= Self::MAX_ENTRIES {
+            // Cheap and bounded: drop what has expired, and everything if that was not enough.
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            entries.retain(|_, (_, e)| *e > now);
+            if entries.len() >= Self::MAX_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(token.to_owned(), (user, exp));
+    }
+}
+
 pub struct TokenService {
     meta: Arc<dyn MetadataStore>,
+    verified: VerifiedCache,
     issuer: String,
     audience: String,
     ttl: Duration,
@@ -124,6 +154,7 @@ impl TokenService {
             audience: audience.to_owned(),
             ttl,
             validation,
+            verified: VerifiedCache::default(),
             keys: RwLock::new(keys),
         })
     }
@@ -164,6 +195,12 @@ impl TokenService {
 
     /// The user id a valid token speaks for.
     pub async fn verify(&self, token: &str) -> Result<UserId, TokenError> {
+        if let Some(user) = self
+            .verified
+            .get(token, time::OffsetDateTime::now_utc().unix_timestamp())
+        {
+            return Ok(user);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
         if header.alg != ALGORITHM {
             return Err(TokenError::Invalid);
@@ -190,7 +227,9 @@ impl TokenService {
             return Ok(None);
         };
         let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|_| TokenError::Invalid)?;
-        Ok(Some(UserId(data.claims.sub)))
+        let user = UserId(data.claims.sub);
+        self.verified.insert(token, user, data.claims.exp);
+        Ok(Some(user))
     }
 
     /// The public keys as a JWK Set (RFC 7517; OKP keys per RFC 8037).
