@@ -64,6 +64,11 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
     async fn create_user(&self, user: NewUser) -> StoreResult<User>;
     async fn user_by_username(&self, username: &Username) -> StoreResult<Option<User>>;
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<User>>;
+    /// Every account, ordered by id, strictly after `after`: for exports such as `handoff migrate-storage`.
+    async fn users_page(&self, after: Option<UserId>, limit: u32) -> StoreResult<Vec<User>>;
+    /// Inserts an account exactly as given (id, password hash, flags, creation time): for imports from another
+    /// store. `Conflict` when the id or the username is taken.
+    async fn import_user(&self, user: &User) -> StoreResult<()>;
 
     /// All signing keys, newest first.
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>>;
@@ -86,6 +91,8 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
     /// Makes the files visible, all or none, in one transaction.
     async fn insert_files(&self, files: &[FileRecord]) -> StoreResult<()>;
     async fn file_by_key(&self, key: &FileKey) -> StoreResult<Option<FileRecord>>;
+    /// Every file of every owner, ordered by key (byte order), strictly after `after`: for exports.
+    async fn files_page(&self, after: Option<&FileKey>, limit: u32) -> StoreResult<Vec<FileRecord>>;
     /// The owner's files, newest first, strictly after `after`.
     async fn list_files(&self, owner: UserId, after: Option<&FileCursor>, limit: u32) -> StoreResult<Vec<FileRecord>>;
     async fn update_file(

@@ -243,6 +243,47 @@ impl MetadataStore for PostgresStore {
             .transpose()
     }
 
+    async fn users_page(&self, after: Option<UserId>, limit: u32) -> StoreResult<Vec<User>> {
+        let rows = match after {
+            None => {
+                let sql = format!("SELECT {USER_COLUMNS} FROM users ORDER BY users.id LIMIT $1");
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await
+            }
+            Some(after) => {
+                let sql =
+                    format!("SELECT {USER_COLUMNS} FROM users WHERE users.id > $1::uuid ORDER BY users.id LIMIT $2");
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(after.0.to_string())
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await
+            }
+        }
+        .map_err(store_error)?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn import_user(&self, user: &User) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO users (id, username, email, password_hash, is_admin, disabled, created_at)
+             VALUES ($1::uuid, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(user.id.0.to_string())
+        .bind(user.username.as_str())
+        .bind(user.email.as_deref())
+        .bind(user.password_hash.as_deref())
+        .bind(user.is_admin)
+        .bind(user.disabled)
+        .bind(micros(user.created_at))
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(())
+    }
+
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
         let rows = sqlx::query(
             "SELECT kid, algorithm, private_der, public_raw, created_at FROM signing_keys
@@ -360,6 +401,18 @@ impl MetadataStore for PostgresStore {
             .map_err(store_error)?
             .map(|row| file_from_row(&row))
             .transpose()
+    }
+
+    async fn files_page(&self, after: Option<&FileKey>, limit: u32) -> StoreResult<Vec<FileRecord>> {
+        // `key` is declared COLLATE "C": byte order, as in SQLite.
+        let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE key > $1 ORDER BY key LIMIT $2");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(after.map_or("", FileKey::as_str))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
+        rows.iter().map(file_from_row).collect()
     }
 
     async fn list_files(&self, owner: UserId, after: Option<&FileCursor>, limit: u32) -> StoreResult<Vec<FileRecord>> {

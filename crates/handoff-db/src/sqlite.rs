@@ -169,6 +169,36 @@ impl MetadataStore for SqliteStore {
             .transpose()
     }
 
+    async fn users_page(&self, after: Option<UserId>, limit: u32) -> StoreResult<Vec<User>> {
+        // Ids are lower-case hyphenated UUID text, so text order is UUID order.
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id > ? ORDER BY id LIMIT ?");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(after.map_or_else(String::new, |id| id.0.to_string()))
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(store_error)?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn import_user(&self, user: &User) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO users (id, username, email, password_hash, is_admin, disabled, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(user.id.0.to_string())
+        .bind(user.username.as_str())
+        .bind(user.email.as_deref())
+        .bind(user.password_hash.as_deref())
+        .bind(user.is_admin)
+        .bind(user.disabled)
+        .bind(micros(user.created_at))
+        .execute(&self.writer)
+        .await
+        .map_err(store_error)?;
+        Ok(())
+    }
+
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>> {
         let rows = sqlx::query(
             "SELECT kid, algorithm, private_der, public_raw, created_at FROM signing_keys
@@ -315,6 +345,17 @@ impl MetadataStore for SqliteStore {
             .map_err(store_error)?
             .map(|row| file_from_row(&row))
             .transpose()
+    }
+
+    async fn files_page(&self, after: Option<&FileKey>, limit: u32) -> StoreResult<Vec<FileRecord>> {
+        let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE key > ? ORDER BY key LIMIT ?");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(after.map_or("", FileKey::as_str))
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(store_error)?;
+        rows.iter().map(file_from_row).collect()
     }
 
     async fn list_files(&self, owner: UserId, after: Option<&FileCursor>, limit: u32) -> StoreResult<Vec<FileRecord>> {

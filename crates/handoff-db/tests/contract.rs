@@ -466,3 +466,127 @@ async fn postgres_unreachable_fails_fast() {
     );
     assert!(elapsed < std::time::Duration::from_secs(10), "took {elapsed:?}");
 }
+
+/// `import_user` keeps every field as given, refuses a taken id or username, and `users_page` walks every account
+/// in id order.
+#[tokio::test]
+async fn users_import_exactly_and_page_by_id() {
+    for (backend, store, _dir) in backends().await {
+        let created = user(store.as_ref(), "created").await;
+        let base = handoff_core::now() - Duration::days(400);
+        let imported: Vec<User> = (0..5)
+            .map(|i| User {
+                id: handoff_core::UserId(Uuid::new_v4()),
+                username: Username::parse(&format!("imported{i}")).unwrap(),
+                email: (i % 2 == 0).then(|| format!("u{i}@example.com")),
+                password_hash: (i != 3).then(|| format!("$argon2id$v=19$m=19456,t=2,p=1$salt{i}$hash{i}")),
+                is_admin: i == 1,
+                disabled: i == 2,
+                created_at: base + Duration::microseconds(i * 1_234_567),
+            })
+            .collect();
+        for u in &imported {
+            store.import_user(u).await.unwrap();
+        }
+        for u in &imported {
+            let found = store.user_by_id(u.id).await.unwrap().unwrap();
+            assert_eq!(found.username, u.username, "{backend}");
+            assert_eq!(found.email, u.email, "{backend}");
+            assert_eq!(found.password_hash, u.password_hash, "{backend}");
+            assert_eq!((found.is_admin, found.disabled), (u.is_admin, u.disabled), "{backend}");
+            assert_eq!(found.created_at, u.created_at, "{backend}: created_at is kept exactly");
+        }
+
+        let same_id = User {
+            username: Username::parse("someoneelse").unwrap(),
+            ..imported[0].clone()
+        };
+        let result = store.import_user(&same_id).await;
+        assert!(matches!(result, Err(StoreError::Conflict)), "{backend}: {result:?}");
+        let same_name = User {
+            id: handoff_core::UserId(Uuid::new_v4()),
+            ..created.clone()
+        };
+        let result = store.import_user(&same_name).await;
+        assert!(matches!(result, Err(StoreError::Conflict)), "{backend}: {result:?}");
+
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store.users_page(after, 2).await.unwrap();
+            assert!(page.len() <= 2, "{backend}");
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            seen.extend(page.into_iter().map(|u| u.id));
+        }
+        let mut expected: Vec<_> = imported.iter().map(|u| u.id).chain([created.id]).collect();
+        expected.sort();
+        assert_eq!(seen, expected, "{backend}: every account once, in id order");
+    }
+}
+
+/// `files_page` walks every file of every owner in key byte order, each exactly once.
+#[tokio::test]
+async fn files_page_walks_every_file_by_key() {
+    for (backend, store, _dir) in backends().await {
+        assert!(store.files_page(None, 10).await.unwrap().is_empty(), "{backend}");
+        let alice = user(store.as_ref(), "alice").await;
+        let bob = user(store.as_ref(), "bob").await;
+        let at = handoff_core::now();
+        // Keys whose byte order differs from a locale-aware order, across two owners and several timestamps.
+        let files: Vec<FileRecord> = ["a", "B", "_", "-", "0", "b", "A", "z", "Z"]
+            .iter()
+            .enumerate()
+            .map(|(i, first)| {
+                let owner = if i % 2 == 0 { &alice } else { &bob };
+                let mut f = file(owner, &format!("f{i}"), at - Duration::seconds(i as i64));
+                f.key = FileKey::parse(&format!("{first}{}", "y".repeat(31))).unwrap();
+                f.size = i as u64;
+                f
+            })
+            .collect();
+        store.insert_files(&files).await.unwrap();
+        let mut seen = Vec::new();
+        let mut after: Option<FileKey> = None;
+        loop {
+            let page = store.files_page(after.as_ref(), 4).await.unwrap();
+            assert!(page.len() <= 4, "{backend}");
+            let Some(last) = page.last() else { break };
+            after = Some(last.key.clone());
+            seen.extend(page);
+        }
+        let mut expected = files.clone();
+        expected.sort_by(|a, b| a.key.as_str().cmp(b.key.as_str()));
+        assert_eq!(
+            seen.iter().map(|f| f.key.as_str()).collect::<Vec<_>>(),
+            expected.iter().map(|f| f.key.as_str()).collect::<Vec<_>>(),
+            "{backend}: ascending byte order, each file once"
+        );
+        for (got, want) in seen.iter().zip(&expected) {
+            assert_eq!(
+                (
+                    got.blob,
+                    got.owner,
+                    got.name.as_str(),
+                    got.size,
+                    &got.sha256,
+                    got.visibility
+                ),
+                (
+                    want.blob,
+                    want.owner,
+                    want.name.as_str(),
+                    want.size,
+                    &want.sha256,
+                    want.visibility
+                ),
+                "{backend}"
+            );
+            assert_eq!(
+                (got.created_at, got.updated_at),
+                (want.created_at, want.updated_at),
+                "{backend}"
+            );
+        }
+    }
+}

@@ -3,7 +3,8 @@
 //! entry point are thin shells around these two functions.
 //!
 //! Module map: `auth` (accounts and tokens), `files` (upload, download, metadata), `health`, `openapi`, `error`
-//! (problem+json), `config`, `state`, `serve` (accept loop and timeouts), `maintenance` (background collection).
+//! (problem+json), `config`, `state`, `serve` (accept loop and timeouts), `maintenance` (background collection),
+//! `migrate` (copying an instance to other backends).
 
 pub mod auth;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod error;
 pub mod files;
 pub mod health;
 pub mod maintenance;
+pub mod migrate;
 pub mod openapi;
 pub mod serve;
 pub mod state;

@@ -30,8 +30,35 @@ enum Command {
     /// Add a new JWT signing key for the whole cluster. Nodes sign with it within a minute; tokens signed with
     /// older keys stay valid until they expire.
     RotateSigningKey(ConfigArgs),
+    /// Copy this instance (signing keys, accounts, files) to other backends, e.g. SQLite + local disk →
+    /// PostgreSQL + S3.
+    ///
+    /// The usual flags (--data-dir, --database-url, --storage-url, --config, HANDOFF_* environment) name the
+    /// SOURCE; --to-database-url and --to-storage-url name the TARGET. Stop the source server (or keep it
+    /// read-only) during the copy: files uploaded meanwhile may be missed.
+    ///
+    /// Signing keys and accounts are copied as they are (same ids, password hashes and flags), so everyone signs
+    /// in with the same password and access tokens already issued keep verifying. Every file's bytes stream into
+    /// a new blob of the target and are checked against the recorded SHA-256 before its record is stored; a
+    /// mismatch aborts the run. Refresh tokens are not copied: users sign in again.
+    ///
+    /// Safe to run again: whatever is already in the target (signing keys by kid, accounts by id, files by key)
+    /// is skipped, so an interrupted run resumes where it stopped.
+    MigrateStorage(MigrateStorageArgs),
     /// Print the OpenAPI document.
     Openapi,
+}
+
+#[derive(Debug, clap::Args)]
+struct MigrateStorageArgs {
+    #[command(flatten)]
+    source: ConfigArgs,
+    /// Target metadata store: postgres://… or sqlite://PATH. The database must exist; it is migrated.
+    #[arg(long, env = "HANDOFF_TO_DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    to_database_url: String,
+    /// Target blob store: s3://BUCKET/PREFIX?endpoint=…, or file://DIR.
+    #[arg(long, env = "HANDOFF_TO_STORAGE_URL", value_name = "URL", hide_env_values = true)]
+    to_storage_url: String,
 }
 
 fn main() -> ExitCode {
@@ -100,6 +127,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .context("storing the new key")?;
             println!("new signing key {kid}");
+        }
+        Command::MigrateStorage(args) => {
+            init_logging();
+            let config = args.source.load()?;
+            let stores = handoff_server::migrate::Stores::open(&config, &args.to_database_url, &args.to_storage_url)
+                .await
+                .context("opening the stores")?;
+            let summary = stores
+                .migrate(&mut |progress| println!("{progress}"))
+                .await
+                .context("migration stopped; fix the cause and run the same command again to resume")?;
+            println!("{summary}");
         }
         Command::Openapi => {
             let document = handoff_server::openapi_document();

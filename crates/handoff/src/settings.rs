@@ -19,11 +19,11 @@ pub struct ConfigArgs {
     #[arg(long, env = "HANDOFF_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Metadata store: sqlite://PATH or postgres://… [default: a SQLite file in the data directory].
-    #[arg(long, env = "HANDOFF_DATABASE_URL", value_name = "URL")]
+    #[arg(long, env = "HANDOFF_DATABASE_URL", value_name = "URL", hide_env_values = true)]
     database_url: Option<String>,
     /// Blob store: file://DIR, s3://BUCKET/PREFIX?endpoint=…, or memory:// [default: a directory in the data
     /// directory].
-    #[arg(long, env = "HANDOFF_STORAGE_URL", value_name = "URL")]
+    #[arg(long, env = "HANDOFF_STORAGE_URL", value_name = "URL", hide_env_values = true)]
     storage_url: Option<String>,
 }
 
