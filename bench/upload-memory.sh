@@ -9,13 +9,15 @@
 set -euo pipefail
 size_gib=${1:-5}
 cd "$(dirname "$0")/.."
-cargo build --release --quiet -p handoff
+# HANDOFF_BIN: an already built binary (bench/run.sh passes its copy), else build the release binary.
+bin=${HANDOFF_BIN:-}
+[ -n "$bin" ] || { cargo build --release --quiet -p handoff; bin=./target/release/handoff; }
 data=$(mktemp -d)
 out=$(mktemp)
 cleanup() { [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$data" "$out"; }
 trap cleanup EXIT
 
-./target/release/handoff serve --listen 127.0.0.1:0 --data-dir "$data" >"$out" 2>/dev/null &
+"$bin" serve --listen 127.0.0.1:0 --data-dir "$data" >"$out" 2>/dev/null &
 pid=$!
 for _ in $(seq 100); do grep -q listening "$out" && break; sleep 0.05; done
 base=$(sed -n 's/^handoff listening on //p' "$out")

@@ -73,6 +73,9 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
     /// All signing keys, newest first.
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKeyRecord>>;
     async fn insert_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<()>;
+    /// Inserts `key` only if there is no signing key at all, atomically across every node sharing the store, so a
+    /// cluster starting for the first time ends up with exactly one key. Returns whether it was inserted.
+    async fn insert_first_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<bool>;
 
     async fn insert_refresh_token(&self, token: &NewRefreshToken) -> StoreResult<()>;
     /// Atomically spends the token whose hash is `presented` and stores `successor` in its family (the

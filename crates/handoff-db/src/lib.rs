@@ -74,7 +74,8 @@ fn postgres_error(code: &str, e: sqlx::Error) -> StoreError {
         // cannot_connect_now, database_dropped, read_only_sql_transaction (a standby, e.g. during a failover),
         // and serialization_failure / deadlock_detected that outlived the caller's own retries: all transient.
         c if c.starts_with("08") => StoreError::Unavailable(e.to_string()),
-        "53200" | "53300" | "57P01" | "57P02" | "57P03" | "57P04" | "25006" | "40001" | "40P01" => {
+        // 55000 is also what a database that refuses new connections (ALLOW_CONNECTIONS false) answers.
+        "53200" | "53300" | "57P01" | "57P02" | "57P03" | "57P04" | "25006" | "40001" | "40P01" | "55000" => {
             StoreError::Unavailable(e.to_string())
         }
         _ => StoreError::other(e),

@@ -51,6 +51,9 @@ fn migrator() -> Migrator {
     }
 }
 
+/// Advisory-lock key that serialises the creation of a cluster's first signing key ("hndfkey" in ASCII).
+const FIRST_SIGNING_KEY_LOCK: i64 = 0x68_6e_64_66_6b_65_79;
+
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
@@ -319,6 +322,31 @@ impl MetadataStore for PostgresStore {
         .await
         .map_err(store_error)?;
         Ok(())
+    }
+
+    async fn insert_first_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<bool> {
+        // Under READ COMMITTED two nodes could both see an empty table: serialise them on an advisory lock held
+        // until the transaction ends.
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(FIRST_SIGNING_KEY_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        let done = sqlx::query(
+            "INSERT INTO signing_keys (kid, algorithm, private_der, public_raw, created_at)
+             SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM signing_keys)",
+        )
+        .bind(&key.kid)
+        .bind(&key.algorithm)
+        .bind(&key.private_der)
+        .bind(&key.public_raw)
+        .bind(micros(key.created_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn insert_refresh_token(&self, token: &NewRefreshToken) -> StoreResult<()> {

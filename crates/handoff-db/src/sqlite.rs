@@ -235,6 +235,23 @@ impl MetadataStore for SqliteStore {
         Ok(())
     }
 
+    async fn insert_first_signing_key(&self, key: &SigningKeyRecord) -> StoreResult<bool> {
+        // One statement on the single writer connection: atomic.
+        let done = sqlx::query(
+            "INSERT INTO signing_keys (kid, algorithm, private_der, public_raw, created_at)
+             SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM signing_keys)",
+        )
+        .bind(&key.kid)
+        .bind(&key.algorithm)
+        .bind(&key.private_der)
+        .bind(&key.public_raw)
+        .bind(micros(key.created_at))
+        .execute(&self.writer)
+        .await
+        .map_err(store_error)?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn insert_refresh_token(&self, token: &NewRefreshToken) -> StoreResult<()> {
         sqlx::query("INSERT INTO refresh_tokens (hash, family, user_id, expires_at) VALUES (?, ?, ?, ?)")
             .bind(&token.hash[..])

@@ -590,3 +590,32 @@ async fn files_page_walks_every_file_by_key() {
         }
     }
 }
+
+#[tokio::test]
+async fn racing_first_signing_keys_leave_exactly_one() {
+    for (backend, store, _scratch) in backends().await {
+        let tasks: Vec<_> = (0..8u8)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .insert_first_signing_key(&SigningKeyRecord {
+                            kid: format!("first-{i}"),
+                            algorithm: "EdDSA".into(),
+                            private_der: vec![i],
+                            public_raw: vec![i],
+                            created_at: handoff_core::now(),
+                        })
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut inserted = 0;
+        for task in tasks {
+            inserted += usize::from(task.await.unwrap());
+        }
+        assert_eq!(inserted, 1, "{backend}");
+        assert_eq!(store.signing_keys().await.unwrap().len(), 1, "{backend}");
+    }
+}

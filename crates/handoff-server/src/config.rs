@@ -67,6 +67,9 @@ pub struct AuthConfig {
     pub refresh_token_ttl_secs: u64,
     /// Whether `POST /auth/signup` is open.
     pub signup_enabled: bool,
+    /// A newly rotated signing key is used for signing only once it is this old, so that every node of a cluster
+    /// (each re-reads the key set every minute) already knows it.
+    pub signing_key_activation_secs: u64,
     /// Concurrent argon2id computations; more requests queue. Bounds the CPU and memory a sign-in flood can take.
     pub password_hash_concurrency: usize,
 }
@@ -124,6 +127,7 @@ impl Default for AuthConfig {
             access_token_ttl_secs: 15 * 60,
             refresh_token_ttl_secs: 30 * 24 * 3600,
             signup_enabled: true,
+            signing_key_activation_secs: 90,
             password_hash_concurrency: std::thread::available_parallelism().map_or(2, usize::from),
         }
     }

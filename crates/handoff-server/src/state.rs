@@ -76,6 +76,7 @@ impl AppState {
             &config.auth.issuer,
             &config.auth.audience,
             config.access_token_ttl(),
+            std::time::Duration::from_secs(config.auth.signing_key_activation_secs),
         )
         .await
         .map_err(StartError::Keys)?;

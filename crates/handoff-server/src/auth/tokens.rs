@@ -19,10 +19,11 @@ use uuid::Uuid;
 
 const ALGORITHM: Algorithm = Algorithm::EdDSA;
 const ALGORITHM_NAME: &str = "EdDSA";
-/// The key set is re-read from the metadata store at most this often: an unknown `kid` (a key another node just
-/// made) triggers a reload no sooner, so forged `kid`s cannot turn into a database flood; and signing picks up a
-/// cluster-wide rotation within this interval.
+/// Signing re-reads the key set this often, so a cluster-wide rotation reaches every node.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(60);
+/// An unknown `kid` (perhaps a key another node already signs with) triggers a reload at most this often, so
+/// forged `kid`s cannot turn into a database flood.
+const UNKNOWN_KID_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
@@ -87,6 +88,7 @@ pub struct TokenService {
     issuer: String,
     audience: String,
     ttl: Duration,
+    activation: Duration,
     validation: Validation,
     keys: RwLock<KeySet>,
 }
@@ -115,21 +117,27 @@ fn generate_key() -> StoreResult<SigningKeyRecord> {
     })
 }
 
-async fn load_keys(meta: &dyn MetadataStore) -> StoreResult<KeySet> {
+/// Loads every key; creates the cluster's first one if there is none (atomically: racing nodes end up with the
+/// same single key). The signer is the newest key that has existed for `activation` — long enough for every node
+/// to have loaded it, so no node meets a token signed with a key it has not seen yet — or, right after the first
+/// start, the oldest key.
+async fn load_keys(meta: &dyn MetadataStore, activation: Duration) -> StoreResult<KeySet> {
     let mut records = meta.signing_keys().await?;
     records.retain(|k| k.algorithm == ALGORITHM_NAME);
     if records.is_empty() {
-        // First start of the cluster. Two nodes racing here each insert a key; both keys verify, the newest signs.
-        meta.insert_signing_key(&generate_key()?).await?;
+        meta.insert_first_signing_key(&generate_key()?).await?;
         records = meta.signing_keys().await?;
         records.retain(|k| k.algorithm == ALGORITHM_NAME);
     }
-    let newest = records
-        .first()
+    let active_before = handoff_core::now() - time::Duration::try_from(activation).unwrap_or(time::Duration::ZERO);
+    let signer = records
+        .iter()
+        .find(|k| k.created_at <= active_before)
+        .or_else(|| records.last())
         .ok_or_else(|| StoreError::Corrupt("no signing key after inserting one".into()))?;
     Ok(KeySet {
-        signer_kid: newest.kid.clone(),
-        signer: EncodingKey::from_ed_der(&newest.private_der),
+        signer_kid: signer.kid.clone(),
+        signer: EncodingKey::from_ed_der(&signer.private_der),
         verifiers: records
             .iter()
             .map(|k| (k.kid.clone(), DecodingKey::from_ed_der(&k.public_raw)))
@@ -140,8 +148,14 @@ async fn load_keys(meta: &dyn MetadataStore) -> StoreResult<KeySet> {
 }
 
 impl TokenService {
-    pub async fn load(meta: Arc<dyn MetadataStore>, issuer: &str, audience: &str, ttl: Duration) -> StoreResult<Self> {
-        let keys = load_keys(meta.as_ref()).await?;
+    pub async fn load(
+        meta: Arc<dyn MetadataStore>,
+        issuer: &str,
+        audience: &str,
+        ttl: Duration,
+        activation: Duration,
+    ) -> StoreResult<Self> {
+        let keys = load_keys(meta.as_ref(), activation).await?;
         let mut validation = Validation::new(ALGORITHM);
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
@@ -153,6 +167,7 @@ impl TokenService {
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             ttl,
+            activation,
             validation,
             verified: VerifiedCache::default(),
             keys: RwLock::new(keys),
@@ -163,8 +178,8 @@ impl TokenService {
         self.ttl
     }
 
-    /// Adds a new signing key for the whole cluster: every node signs with it once it has reloaded its key set
-    /// (within a minute), and keeps verifying tokens signed with the older keys.
+    /// Adds a new signing key for the whole cluster. Nodes start signing with it once it is older than the
+    /// activation delay (by then every node has loaded it) and keep verifying tokens signed with older keys.
     pub async fn rotate(meta: &dyn MetadataStore) -> StoreResult<String> {
         let key = generate_key()?;
         meta.insert_signing_key(&key).await?;
@@ -174,7 +189,7 @@ impl TokenService {
     pub async fn issue(&self, user: &User) -> Result<String, TokenError> {
         let stale = self.keys.read().await.loaded_at.elapsed() >= RELOAD_INTERVAL;
         if stale {
-            let fresh = load_keys(self.meta.as_ref()).await?;
+            let fresh = load_keys(self.meta.as_ref(), self.activation).await?;
             *self.keys.write().await = fresh;
         }
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -212,10 +227,10 @@ impl TokenService {
         // Possibly a key another node just created: reload, but not more than once per interval.
         {
             let mut keys = self.keys.write().await;
-            if keys.loaded_at.elapsed() < RELOAD_INTERVAL {
+            if keys.loaded_at.elapsed() < UNKNOWN_KID_RELOAD_INTERVAL {
                 return Err(TokenError::Invalid);
             }
-            *keys = load_keys(self.meta.as_ref()).await?;
+            *keys = load_keys(self.meta.as_ref(), self.activation).await?;
         }
         self.verify_with(&kid, token).await?.ok_or(TokenError::Invalid)
     }
