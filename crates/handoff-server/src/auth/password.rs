@@ -7,15 +7,23 @@ use std::sync::Arc;
 use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
 use argon2::{Algorithm, Argon2, Params, Version};
 use handoff_core::Password;
-use tokio::sync::Semaphore;
+use tokio::sync::{OnceCell, Semaphore};
 
 use crate::error::ApiError;
 
 #[derive(Debug)]
 pub struct Passwords {
     permits: Arc<Semaphore>,
-    /// A real hash of a random password: verifying against it costs exactly one argon2id run.
-    dummy_hash: String,
+    /// A real hash of a random password: verifying against it costs exactly one argon2id run. Computed in the
+    /// background at start-up (not before the server listens: it would add a hash's time to every cold start).
+    dummy_hash: Arc<OnceCell<String>>,
+}
+
+async fn compute_dummy_hash() -> Result<String, ApiError> {
+    let random = hex::encode(handoff_core::ids::os_random::<16>());
+    tokio::task::spawn_blocking(move || hash_blocking(&random))
+        .await
+        .map_err(ApiError::internal)?
 }
 
 fn argon2() -> Argon2<'static> {
@@ -33,10 +41,11 @@ fn hash_blocking(password: &str) -> Result<String, ApiError> {
 
 impl Passwords {
     pub async fn new(concurrency: usize) -> Result<Self, ApiError> {
-        let random = hex::encode(handoff_core::ids::os_random::<16>());
-        let dummy_hash = tokio::task::spawn_blocking(move || hash_blocking(&random))
-            .await
-            .map_err(ApiError::internal)??;
+        let dummy_hash = Arc::new(OnceCell::new());
+        let warm = dummy_hash.clone();
+        tokio::spawn(async move {
+            let _ = warm.get_or_try_init(compute_dummy_hash).await;
+        });
         Ok(Self {
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             dummy_hash,
@@ -57,7 +66,10 @@ impl Passwords {
         // An over-long password can never match (none is stored), but it still pays for one verification.
         let stored = stored.filter(|_| password.len() <= Password::MAX_BYTES);
         let known = stored.is_some();
-        let hash = stored.unwrap_or(&self.dummy_hash).to_owned();
+        let hash = match stored {
+            Some(hash) => hash.to_owned(),
+            None => self.dummy_hash.get_or_try_init(compute_dummy_hash).await?.clone(),
+        };
         let password: String = password.chars().take(Password::MAX_BYTES).collect();
         let matched =
             tokio::task::spawn_blocking(move || argon2().verify_password(password.as_bytes(), hash.as_str()).is_ok())
