@@ -127,6 +127,50 @@ uuid_id!(
     BlobId
 );
 
+uuid_id!(
+    /// A team: a shared space with members and roles.
+    TeamId
+);
+uuid_id!(
+    /// A share link (its public face is a [`LinkToken`], never this id).
+    ShareId
+);
+uuid_id!(
+    /// An upload link (reverse share).
+    UploadLinkId
+);
+uuid_id!(
+    /// An audit-log entry; time-ordered, so it is also the log's sort key.
+    AuditId
+);
+
+/// The secret in a share or upload link URL: 192 random bits as 32 URL-safe characters. Only its SHA-256 is
+/// stored, so a leaked database does not hand out working links.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LinkToken(String);
+
+impl LinkToken {
+    const BYTES: usize = 24;
+
+    pub fn generate() -> Self {
+        Self(random_token::<{ Self::BYTES }>())
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        is_token_of(s, Self::BYTES).then(|| Self(s.to_owned()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for LinkToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LinkToken(<redacted>)")
+    }
+}
+
 /// Random bytes for other crates (signing-key seeds), from the same OS source as every identifier here.
 pub fn os_random<const N: usize>() -> [u8; N] {
     random_bytes::<N>()

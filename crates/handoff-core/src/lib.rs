@@ -9,12 +9,17 @@ pub mod model;
 pub mod names;
 pub mod policy;
 pub mod ports;
+pub mod sharing;
 
-pub use ids::{BlobId, FileKey, RefreshTokenSecret, UserId};
+pub use ids::{AuditId, BlobId, FileKey, LinkToken, RefreshTokenSecret, ShareId, TeamId, UploadLinkId, UserId};
 pub use model::{
     FileCursor, FilePage, FilePatch, FileRecord, NewRefreshToken, NewUser, RefreshOutcome, SigningKeyRecord, User,
     Visibility, now,
 };
 pub use names::{FileName, NameError, Password, Username};
-pub use policy::{Access, FileAction, file_access};
-pub use ports::{BlobReader, BlobStore, BlobWriter, MetadataStore, StoreError, StoreResult};
+pub use policy::{Access, Actor, FileAction, file_access};
+pub use ports::{BlobReader, BlobStore, BlobWriter, CollaborationStore, MetadataStore, StoreError, StoreResult};
+pub use sharing::{
+    Account, AuditEvent, AuditScope, CommitOutcome, CommitRules, Membership, MembershipChange, Quota, Share,
+    SharePatch, Team, TeamRole, UploadLink, Usage,
+};

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::ids::{BlobId, FileKey, UserId};
+use crate::ids::{BlobId, FileKey, TeamId, UploadLinkId, UserId};
 use crate::names::{FileName, Username};
 
 #[derive(Clone, Debug)]
@@ -69,6 +69,19 @@ pub struct FileRecord {
     pub visibility: Visibility,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
+    /// The team the file belongs to; then `owner` is only its uploader, and rights come from team roles.
+    pub team: Option<TeamId>,
+    /// When the retention task removes the file.
+    pub expires_at: Option<OffsetDateTime>,
+    /// The upload link it arrived through, if any.
+    pub upload_link: Option<UploadLinkId>,
+}
+
+impl FileRecord {
+    pub fn account(&self) -> crate::sharing::Account {
+        self.team
+            .map_or(crate::sharing::Account::User(self.owner), crate::sharing::Account::Team)
+    }
 }
 
 /// Changes an owner may make to a file. Everything else (size, hash, owner) is not changeable by construction.

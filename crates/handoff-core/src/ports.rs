@@ -9,11 +9,15 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use time::OffsetDateTime;
 
-use crate::ids::{BlobId, FileKey, UserId};
+use crate::ids::{AuditId, BlobId, FileKey, ShareId, TeamId, UploadLinkId, UserId};
 use crate::model::{
     FileCursor, FilePatch, FileRecord, NewRefreshToken, NewUser, RefreshOutcome, SigningKeyRecord, User,
 };
 use crate::names::Username;
+use crate::sharing::{
+    Account, AuditEvent, AuditScope, CommitOutcome, CommitRules, Membership, MembershipChange, Quota, Share,
+    SharePatch, Team, TeamRole, UploadLink, Usage,
+};
 
 /// Failures of either store, classified by what the caller should do about them.
 #[derive(Debug, thiserror::Error)]
@@ -56,11 +60,11 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Everything the service remembers except file bytes.
 #[async_trait]
-pub trait MetadataStore: Send + Sync + std::fmt::Debug {
+pub trait MetadataStore: CollaborationStore + Send + Sync + std::fmt::Debug {
     /// Cheap round trip, for readiness.
     async fn ping(&self) -> StoreResult<()>;
 
-    /// `Conflict` when the username is taken.
+    /// `Conflict` when the username is taken. The very first account of a store becomes an admin.
     async fn create_user(&self, user: NewUser) -> StoreResult<User>;
     async fn user_by_username(&self, username: &Username) -> StoreResult<Option<User>>;
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<User>>;
@@ -91,8 +95,25 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
     /// Revokes the family of `presented`; `false` when no such token exists.
     async fn revoke_refresh_family(&self, presented: &[u8; 32]) -> StoreResult<bool>;
 
-    /// Makes the files visible, all or none, in one transaction.
-    async fn insert_files(&self, files: &[FileRecord]) -> StoreResult<()>;
+    /// Makes the files visible, all or none, in one transaction, charging their account without a quota check
+    /// (for imports; uploads use [`CollaborationStore::commit_files`]).
+    async fn insert_files(&self, files: &[FileRecord]) -> StoreResult<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let rules = CommitRules {
+            default_quota: Quota::UNLIMITED,
+            upload_link: None,
+            now: crate::model::now(),
+            enforce_quota: false,
+        };
+        match self.commit_files(files, &rules).await? {
+            CommitOutcome::Committed => Ok(()),
+            CommitOutcome::QuotaExceeded | CommitOutcome::LinkExhausted => {
+                Err(StoreError::Corrupt("an unchecked insert was refused".into()))
+            }
+        }
+    }
     async fn file_by_key(&self, key: &FileKey) -> StoreResult<Option<FileRecord>>;
     /// Every file of every owner, ordered by key (byte order), strictly after `after`: for exports.
     async fn files_page(&self, after: Option<&FileKey>, limit: u32) -> StoreResult<Vec<FileRecord>>;
@@ -104,10 +125,98 @@ pub trait MetadataStore: Send + Sync + std::fmt::Debug {
         patch: &FilePatch,
         now: OffsetDateTime,
     ) -> StoreResult<Option<FileRecord>>;
-    /// Removes the row and returns it, so the caller can collect the blob.
+    /// Removes the row (refunding its account's usage) and returns it, so the caller can collect the blob.
     async fn delete_file(&self, key: &FileKey) -> StoreResult<Option<FileRecord>>;
     /// Whether any file row points at `blob` (the orphan collector's question).
     async fn blob_is_referenced(&self, blob: BlobId) -> StoreResult<bool>;
+}
+
+/// Teams, quotas, share and upload links, retention and the audit log.
+#[async_trait]
+pub trait CollaborationStore: Send + Sync {
+    /// Makes `files` visible, all or none, if the account's quota and the upload link's limits allow them,
+    /// charging both in the same transaction (so concurrent uploads can never push an account past its quota).
+    async fn commit_files(&self, files: &[FileRecord], rules: &CommitRules) -> StoreResult<CommitOutcome>;
+    /// `NotFound` when the account does not exist.
+    async fn usage(&self, account: Account, default_quota: Quota) -> StoreResult<Usage>;
+    /// Sets the account's own quota (`None` fields fall back to the default); `false` when there is no such account.
+    async fn set_quota(&self, account: Account, quota: Quota) -> StoreResult<bool>;
+    /// A team's files, newest first, strictly after `after`.
+    async fn list_team_files(
+        &self,
+        team: TeamId,
+        after: Option<&FileCursor>,
+        limit: u32,
+    ) -> StoreResult<Vec<FileRecord>>;
+    /// Every file of every owner, newest first (the admin's view).
+    async fn list_all_files(&self, after: Option<&FileCursor>, limit: u32) -> StoreResult<Vec<FileRecord>>;
+    /// Files that arrived through an upload link, newest first.
+    async fn list_upload_link_files(&self, link: UploadLinkId, limit: u32) -> StoreResult<Vec<FileRecord>>;
+    /// Deletes up to `limit` files whose expiry is at or before `now`, refunding usage, and returns them so their
+    /// blobs can be removed. Safe on several nodes at once: each row is returned to exactly one caller.
+    async fn delete_expired_files(&self, now: OffsetDateTime, limit: u32) -> StoreResult<Vec<FileRecord>>;
+
+    /// Creates the team with `owner` as its first owner.
+    async fn create_team(&self, team: &Team, owner: UserId, now: OffsetDateTime) -> StoreResult<()>;
+    async fn team(&self, id: TeamId) -> StoreResult<Option<Team>>;
+    async fn rename_team(&self, id: TeamId, name: &str) -> StoreResult<Option<Team>>;
+    /// Deletes the team with its memberships, links and files; returns the files so their blobs can be removed.
+    async fn delete_team(&self, id: TeamId) -> StoreResult<Vec<FileRecord>>;
+    /// The user's teams and their role in each, by name.
+    async fn teams_of(&self, user: UserId) -> StoreResult<Vec<(Team, TeamRole)>>;
+    async fn members(&self, team: TeamId) -> StoreResult<Vec<Membership>>;
+    async fn role_in(&self, team: TeamId, user: UserId) -> StoreResult<Option<TeamRole>>;
+    /// `Conflict` when the user is already a member.
+    async fn add_member(&self, team: TeamId, user: UserId, role: TeamRole, now: OffsetDateTime) -> StoreResult<()>;
+    /// Refuses (atomically, across nodes) to demote the team's last owner.
+    async fn set_role(&self, team: TeamId, user: UserId, role: TeamRole) -> StoreResult<MembershipChange>;
+    /// Refuses (atomically, across nodes) to remove the team's last owner.
+    async fn remove_member(&self, team: TeamId, user: UserId) -> StoreResult<MembershipChange>;
+
+    /// Stores a share link; only the SHA-256 of its token is kept.
+    async fn create_share(&self, share: &Share, token_hash: &[u8; 32]) -> StoreResult<()>;
+    async fn share(&self, id: ShareId) -> StoreResult<Option<Share>>;
+    async fn share_by_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<Share>>;
+    /// The user's share links, newest first.
+    async fn shares_of(&self, owner: UserId) -> StoreResult<Vec<Share>>;
+    async fn update_share(&self, id: ShareId, patch: &SharePatch, now: OffsetDateTime) -> StoreResult<Option<Share>>;
+    /// `false` when there is no such link.
+    async fn revoke_share(&self, id: ShareId, now: OffsetDateTime) -> StoreResult<bool>;
+    /// Counts one download if the link is live at `now`; `false` when it is not. Exact under concurrency: a link
+    /// allowing n downloads grants exactly n, whatever the number of nodes and simultaneous requests.
+    async fn count_share_download(&self, id: ShareId, now: OffsetDateTime) -> StoreResult<bool>;
+    /// Remembers a counted download of file `position` of a link, so that its Range requests do not count again.
+    async fn insert_share_grant(
+        &self,
+        grant_hash: &[u8; 32],
+        share: ShareId,
+        position: u32,
+        expires_at: OffsetDateTime,
+    ) -> StoreResult<()>;
+    /// The link and file position of an unexpired grant.
+    async fn share_grant(&self, grant_hash: &[u8; 32], now: OffsetDateTime) -> StoreResult<Option<(ShareId, u32)>>;
+    /// Forgets share links that expired or were revoked before `before`, and expired grants; returns how many
+    /// links went.
+    async fn prune_shares(&self, before: OffsetDateTime) -> StoreResult<u64>;
+
+    async fn create_upload_link(&self, link: &UploadLink, token_hash: &[u8; 32]) -> StoreResult<()>;
+    async fn upload_link(&self, id: UploadLinkId) -> StoreResult<Option<UploadLink>>;
+    async fn upload_link_by_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<UploadLink>>;
+    /// Links the user made, newest first.
+    async fn upload_links_of(&self, owner: UserId) -> StoreResult<Vec<UploadLink>>;
+    async fn revoke_upload_link(&self, id: UploadLinkId) -> StoreResult<bool>;
+
+    async fn append_audit(&self, events: &[AuditEvent]) -> StoreResult<()>;
+    /// Events in `scope`, newest first, strictly before `before`.
+    async fn audit_page(&self, scope: AuditScope, before: Option<AuditId>, limit: u32) -> StoreResult<Vec<AuditEvent>>;
+
+    /// Changes an account's flags; `None` when there is no such account.
+    async fn set_user_flags(
+        &self,
+        user: UserId,
+        disabled: Option<bool>,
+        is_admin: Option<bool>,
+    ) -> StoreResult<Option<User>>;
 }
 
 /// A byte stream of a blob (or of one range of it) with its exact length.

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use handoff_core::{MetadataStore, StoreError};
 
+mod collab;
 mod postgres;
 mod sqlite;
 #[cfg(feature = "testing")]

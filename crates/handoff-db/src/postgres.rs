@@ -16,8 +16,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use handoff_core::model::NewRefreshToken;
 use handoff_core::{
-    BlobId, FileCursor, FileKey, FileName, FilePatch, FileRecord, MetadataStore, NewUser, RefreshOutcome,
-    SigningKeyRecord, StoreError, StoreResult, User, UserId, Username, Visibility,
+    Account, BlobId, FileCursor, FileKey, FileName, FilePatch, FileRecord, MetadataStore, NewUser, RefreshOutcome,
+    SigningKeyRecord, StoreError, StoreResult, TeamId, UploadLinkId, User, UserId, Username, Visibility,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
@@ -38,13 +38,22 @@ const ROTATE_ATTEMPTS: u32 = 5;
 /// The embedded migrations. `Migrator::DEFAULT` keeps `locking: true`: on PostgreSQL the migrator holds an
 /// advisory lock while it runs, so several nodes starting at once apply each migration exactly once.
 fn migrator() -> Migrator {
-    let migrations = vec![Migration::new(
-        1,
-        Cow::Borrowed("init"),
-        MigrationType::Simple,
-        include_str!("../migrations/postgres/0001_init.sql").into_sql_str(),
-        false,
-    )];
+    let migrations = vec![
+        Migration::new(
+            1,
+            Cow::Borrowed("init"),
+            MigrationType::Simple,
+            include_str!("../migrations/postgres/0001_init.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            2,
+            Cow::Borrowed("sharing"),
+            MigrationType::Simple,
+            include_str!("../migrations/postgres/0002_sharing.sql").into_sql_str(),
+            false,
+        ),
+    ];
     Migrator {
         migrations: Cow::Owned(migrations),
         ..Migrator::DEFAULT
@@ -60,7 +69,8 @@ pub struct PostgresStore {
 }
 
 const FILE_COLUMNS: &str = "key, blob_id::text AS blob_id, owner_id::text AS owner_id, name, size, sha256, \
-                            content_type, visibility, created_at, updated_at";
+                            content_type, visibility, created_at, updated_at, team_id::text AS team_id, expires_at, \
+                            upload_link_id::text AS upload_link_id";
 const USER_COLUMNS: &str = "id::text AS id, username, email, password_hash, is_admin, disabled, created_at";
 
 impl PostgresStore {
@@ -79,7 +89,31 @@ impl PostgresStore {
         migrator().run(&pool).await.map_err(ConnectError::Migrate)?;
         Ok(Self { pool })
     }
+
+    fn read(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn write(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        self.pool.begin().await
+    }
 }
+
+crate::collab::collaboration_store!(
+    super::PostgresStore,
+    db = sqlx::Postgres,
+    row = super::PgRow,
+    uuid = "uuid",
+    for_update = "FOR UPDATE",
+    skip_locked = "FOR UPDATE SKIP LOCKED"
+);
+
+/// Advisory-lock key that makes "the first account becomes admin" exact across nodes ("hndadmn" in ASCII).
+const FIRST_ADMIN_LOCK: i64 = 0x68_6e_64_61_64_6d_6e;
 
 fn text_uuid(row: &PgRow, column: &str) -> StoreResult<Uuid> {
     let text: String = row.try_get(column).map_err(store_error)?;
@@ -114,7 +148,20 @@ fn file_from_row(row: &PgRow) -> StoreResult<FileRecord> {
             .ok_or_else(|| StoreError::Corrupt(format!("visibility {visibility}")))?,
         created_at: from_micros(row.try_get("created_at").map_err(store_error)?)?,
         updated_at: from_micros(row.try_get("updated_at").map_err(store_error)?)?,
+        team: optional_uuid(row, "team_id")?.map(TeamId),
+        expires_at: row
+            .try_get::<Option<i64>, _>("expires_at")
+            .map_err(store_error)?
+            .map(from_micros)
+            .transpose()?,
+        upload_link: optional_uuid(row, "upload_link_id")?.map(UploadLinkId),
     })
+}
+
+fn optional_uuid(row: &PgRow, column: &str) -> StoreResult<Option<Uuid>> {
+    let text: Option<String> = row.try_get(column).map_err(store_error)?;
+    text.map(|t| Uuid::parse_str(&t).map_err(|e| StoreError::Corrupt(format!("{column}: {e}"))))
+        .transpose()
 }
 
 fn size_i64(size: u64) -> StoreResult<i64> {
@@ -200,7 +247,7 @@ impl MetadataStore for PostgresStore {
     }
 
     async fn create_user(&self, new: NewUser) -> StoreResult<User> {
-        let user = User {
+        let mut user = User {
             id: UserId::generate(),
             username: new.username,
             email: new.email,
@@ -209,18 +256,27 @@ impl MetadataStore for PostgresStore {
             disabled: false,
             created_at: handoff_core::now(),
         };
-        sqlx::query(
+        // The first account administers the server; the advisory lock makes "first" exact across nodes.
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(FIRST_ADMIN_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        let row = sqlx::query(
             "INSERT INTO users (id, username, email, password_hash, is_admin, disabled, created_at)
-             VALUES ($1::uuid, $2, $3, $4, FALSE, FALSE, $5)",
+             VALUES ($1::uuid, $2, $3, $4, NOT EXISTS (SELECT 1 FROM users), FALSE, $5) RETURNING is_admin",
         )
         .bind(user.id.0.to_string())
         .bind(user.username.as_str())
         .bind(user.email.as_deref())
         .bind(user.password_hash.as_deref())
         .bind(micros(user.created_at))
-        .execute(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        user.is_admin = row.try_get("is_admin").map_err(store_error)?;
         Ok(user)
     }
 
@@ -397,29 +453,6 @@ impl MetadataStore for PostgresStore {
         Ok(done.rows_affected() > 0)
     }
 
-    async fn insert_files(&self, files: &[FileRecord]) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(store_error)?;
-        let sql = "INSERT INTO files (key, blob_id, owner_id, name, size, sha256, content_type, visibility, \
-                   created_at, updated_at) VALUES ($1, $2::uuid, $3::uuid, $4, $5, $6, $7, $8, $9, $10)";
-        for file in files {
-            sqlx::query(sql)
-                .bind(file.key.as_str())
-                .bind(file.blob.0.to_string())
-                .bind(file.owner.0.to_string())
-                .bind(file.name.as_str())
-                .bind(size_i64(file.size)?)
-                .bind(&file.sha256)
-                .bind(&file.content_type)
-                .bind(file.visibility.as_str())
-                .bind(micros(file.created_at))
-                .bind(micros(file.updated_at))
-                .execute(&mut *tx)
-                .await
-                .map_err(store_error)?;
-        }
-        tx.commit().await.map_err(store_error)
-    }
-
     async fn file_by_key(&self, key: &FileKey) -> StoreResult<Option<FileRecord>> {
         let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE key = $1");
         sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -448,7 +481,7 @@ impl MetadataStore for PostgresStore {
         let rows = match after {
             None => {
                 let sql = format!(
-                    "SELECT {FILE_COLUMNS} FROM files WHERE owner_id = $1::uuid
+                    "SELECT {FILE_COLUMNS} FROM files WHERE team_id IS NULL AND owner_id = $1::uuid
                      ORDER BY created_at DESC, key DESC LIMIT $2"
                 );
                 sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -459,7 +492,7 @@ impl MetadataStore for PostgresStore {
             }
             Some(cursor) => {
                 let sql = format!(
-                    "SELECT {FILE_COLUMNS} FROM files WHERE owner_id = $1::uuid AND (created_at, key) < ($2, $3)
+                    "SELECT {FILE_COLUMNS} FROM files WHERE team_id IS NULL AND owner_id = $1::uuid AND (created_at, key) < ($2, $3)
                      ORDER BY created_at DESC, key DESC LIMIT $4"
                 );
                 sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -498,14 +531,31 @@ impl MetadataStore for PostgresStore {
     }
 
     async fn delete_file(&self, key: &FileKey) -> StoreResult<Option<FileRecord>> {
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
         let sql = format!("DELETE FROM files WHERE key = $1 RETURNING {FILE_COLUMNS}");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(key.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(store_error)?
-            .map(|row| file_from_row(&row))
-            .transpose()
+        else {
+            return Ok(None);
+        };
+        let file = file_from_row(&row)?;
+        let (table, id) = match file.account() {
+            Account::User(u) => ("users", u.0.to_string()),
+            Account::Team(t) => ("teams", t.0.to_string()),
+        };
+        let sql =
+            format!("UPDATE {table} SET used_bytes = used_bytes - $1, used_files = used_files - 1 WHERE id = $2::uuid");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(size_i64(file.size)?)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(Some(file))
     }
 
     async fn blob_is_referenced(&self, blob: BlobId) -> StoreResult<bool> {

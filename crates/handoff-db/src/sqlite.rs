@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use handoff_core::model::NewRefreshToken;
 use handoff_core::{
-    BlobId, FileCursor, FileKey, FileName, FilePatch, FileRecord, MetadataStore, NewUser, RefreshOutcome,
-    SigningKeyRecord, StoreError, StoreResult, User, UserId, Username, Visibility,
+    Account, BlobId, FileCursor, FileKey, FileName, FilePatch, FileRecord, MetadataStore, NewUser, RefreshOutcome,
+    SigningKeyRecord, StoreError, StoreResult, TeamId, UploadLinkId, User, UserId, Username, Visibility,
 };
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
@@ -22,13 +22,22 @@ use uuid::Uuid;
 use crate::{ConnectError, from_micros, micros, store_error};
 
 fn migrator() -> Migrator {
-    let migrations = vec![Migration::new(
-        1,
-        Cow::Borrowed("init"),
-        MigrationType::Simple,
-        include_str!("../migrations/sqlite/0001_init.sql").into_sql_str(),
-        false,
-    )];
+    let migrations = vec![
+        Migration::new(
+            1,
+            Cow::Borrowed("init"),
+            MigrationType::Simple,
+            include_str!("../migrations/sqlite/0001_init.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            2,
+            Cow::Borrowed("sharing"),
+            MigrationType::Simple,
+            include_str!("../migrations/sqlite/0002_sharing.sql").into_sql_str(),
+            false,
+        ),
+    ];
     Migrator {
         migrations: Cow::Owned(migrations),
         ..Migrator::DEFAULT
@@ -41,8 +50,8 @@ pub struct SqliteStore {
     reader: SqlitePool,
 }
 
-const FILE_COLUMNS: &str =
-    "key, blob_id, owner_id, name, size, sha256, content_type, visibility, created_at, updated_at";
+const FILE_COLUMNS: &str = "key, blob_id, owner_id, name, size, sha256, content_type, visibility, created_at, \
+                            updated_at, team_id, expires_at, upload_link_id";
 const USER_COLUMNS: &str = "id, username, email, password_hash, is_admin, disabled, created_at";
 
 impl SqliteStore {
@@ -70,7 +79,29 @@ impl SqliteStore {
             .map_err(ConnectError::Open)?;
         Ok(Self { writer, reader })
     }
+
+    fn read(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    fn write(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    /// `BEGIN IMMEDIATE`: takes the write lock up front, so a transaction never fails half-way on a lock upgrade.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.writer.begin_with("BEGIN IMMEDIATE").await
+    }
 }
+
+crate::collab::collaboration_store!(
+    super::SqliteStore,
+    db = sqlx::Sqlite,
+    row = super::SqliteRow,
+    uuid = "TEXT",
+    for_update = "",
+    skip_locked = ""
+);
 
 fn text_uuid(row: &SqliteRow, column: &str) -> StoreResult<Uuid> {
     let text: String = row.try_get(column).map_err(store_error)?;
@@ -105,7 +136,20 @@ fn file_from_row(row: &SqliteRow) -> StoreResult<FileRecord> {
             .ok_or_else(|| StoreError::Corrupt(format!("visibility {visibility}")))?,
         created_at: from_micros(row.try_get("created_at").map_err(store_error)?)?,
         updated_at: from_micros(row.try_get("updated_at").map_err(store_error)?)?,
+        team: optional_uuid(row, "team_id")?.map(TeamId),
+        expires_at: row
+            .try_get::<Option<i64>, _>("expires_at")
+            .map_err(store_error)?
+            .map(from_micros)
+            .transpose()?,
+        upload_link: optional_uuid(row, "upload_link_id")?.map(UploadLinkId),
     })
+}
+
+fn optional_uuid(row: &SqliteRow, column: &str) -> StoreResult<Option<Uuid>> {
+    let text: Option<String> = row.try_get(column).map_err(store_error)?;
+    text.map(|t| Uuid::parse_str(&t).map_err(|e| StoreError::Corrupt(format!("{column}: {e}"))))
+        .transpose()
 }
 
 fn size_i64(size: u64) -> StoreResult<i64> {
@@ -123,7 +167,7 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn create_user(&self, new: NewUser) -> StoreResult<User> {
-        let user = User {
+        let mut user = User {
             id: UserId::generate(),
             username: new.username,
             email: new.email,
@@ -132,18 +176,20 @@ impl MetadataStore for SqliteStore {
             disabled: false,
             created_at: handoff_core::now(),
         };
-        sqlx::query(
+        // The first account administers the server; the single writer makes "first" exact.
+        let row = sqlx::query(
             "INSERT INTO users (id, username, email, password_hash, is_admin, disabled, created_at)
-             VALUES (?, ?, ?, ?, 0, 0, ?)",
+             VALUES (?, ?, ?, ?, NOT EXISTS (SELECT 1 FROM users), 0, ?) RETURNING is_admin",
         )
         .bind(user.id.0.to_string())
         .bind(user.username.as_str())
         .bind(user.email.as_deref())
         .bind(user.password_hash.as_deref())
         .bind(micros(user.created_at))
-        .execute(&self.writer)
+        .fetch_one(&self.writer)
         .await
         .map_err(store_error)?;
+        user.is_admin = row.try_get("is_admin").map_err(store_error)?;
         Ok(user)
     }
 
@@ -331,28 +377,6 @@ impl MetadataStore for SqliteStore {
         Ok(done.rows_affected() > 0)
     }
 
-    async fn insert_files(&self, files: &[FileRecord]) -> StoreResult<()> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(store_error)?;
-        for file in files {
-            let sql = format!("INSERT INTO files ({FILE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(file.key.as_str())
-                .bind(file.blob.0.to_string())
-                .bind(file.owner.0.to_string())
-                .bind(file.name.as_str())
-                .bind(size_i64(file.size)?)
-                .bind(&file.sha256)
-                .bind(&file.content_type)
-                .bind(file.visibility.as_str())
-                .bind(micros(file.created_at))
-                .bind(micros(file.updated_at))
-                .execute(&mut *tx)
-                .await
-                .map_err(store_error)?;
-        }
-        tx.commit().await.map_err(store_error)
-    }
-
     async fn file_by_key(&self, key: &FileKey) -> StoreResult<Option<FileRecord>> {
         let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE key = ?");
         sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -379,7 +403,7 @@ impl MetadataStore for SqliteStore {
         let rows = match after {
             None => {
                 let sql = format!(
-                    "SELECT {FILE_COLUMNS} FROM files WHERE owner_id = ?
+                    "SELECT {FILE_COLUMNS} FROM files WHERE team_id IS NULL AND owner_id = ?
                      ORDER BY created_at DESC, key DESC LIMIT ?"
                 );
                 sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -390,7 +414,7 @@ impl MetadataStore for SqliteStore {
             }
             Some(cursor) => {
                 let sql = format!(
-                    "SELECT {FILE_COLUMNS} FROM files WHERE owner_id = ? AND (created_at, key) < (?, ?)
+                    "SELECT {FILE_COLUMNS} FROM files WHERE team_id IS NULL AND owner_id = ? AND (created_at, key) < (?, ?)
                      ORDER BY created_at DESC, key DESC LIMIT ?"
                 );
                 sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -429,14 +453,30 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn delete_file(&self, key: &FileKey) -> StoreResult<Option<FileRecord>> {
+        let mut tx = self.begin_write().await.map_err(store_error)?;
         let sql = format!("DELETE FROM files WHERE key = ? RETURNING {FILE_COLUMNS}");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(key.as_str())
-            .fetch_optional(&self.writer)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(store_error)?
-            .map(|row| file_from_row(&row))
-            .transpose()
+        else {
+            return Ok(None);
+        };
+        let file = file_from_row(&row)?;
+        let (table, id) = match file.account() {
+            Account::User(u) => ("users", u.0.to_string()),
+            Account::Team(t) => ("teams", t.0.to_string()),
+        };
+        let sql = format!("UPDATE {table} SET used_bytes = used_bytes - ?, used_files = used_files - 1 WHERE id = ?");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(size_i64(file.size)?)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(Some(file))
     }
 
     async fn blob_is_referenced(&self, blob: BlobId) -> StoreResult<bool> {

@@ -26,6 +26,76 @@ pub struct Config {
     pub limits: Limits,
     pub maintenance: Maintenance,
     pub downloads: Downloads,
+    pub quotas: Quotas,
+    pub retention: Retention,
+    pub sharing: Sharing,
+}
+
+/// Default quotas for accounts that have none of their own (an admin sets those). Unset means unlimited.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Quotas {
+    pub user_bytes: Option<u64>,
+    pub user_files: Option<u64>,
+    pub team_bytes: Option<u64>,
+    pub team_files: Option<u64>,
+}
+
+impl Quotas {
+    pub fn default_for(&self, account: handoff_core::Account) -> handoff_core::Quota {
+        match account {
+            handoff_core::Account::User(_) => handoff_core::Quota {
+                bytes: self.user_bytes,
+                files: self.user_files,
+            },
+            handoff_core::Account::Team(_) => handoff_core::Quota {
+                bytes: self.team_bytes,
+                files: self.team_files,
+            },
+        }
+    }
+}
+
+/// How long files live. An upload may ask for an expiry (`expires_in`, seconds) up to the maximum; without one it
+/// gets the default. Unset means forever.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retention {
+    pub default_file_ttl_secs: Option<u64>,
+    pub max_file_ttl_secs: Option<u64>,
+    /// Expired and revoked share links answer `410` for this long, then are forgotten (and answer `404`).
+    pub expired_link_grace_secs: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            default_file_ttl_secs: None,
+            max_file_ttl_secs: None,
+            expired_link_grace_secs: 30 * 24 * 3600,
+        }
+    }
+}
+
+/// Share and upload links.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sharing {
+    /// How long a counted share-link download may be resumed with `Range` requests without counting again.
+    pub download_grant_ttl_secs: u64,
+    pub max_files_per_share: usize,
+    /// Links (share plus upload) one user may hold at once.
+    pub max_links_per_user: usize,
+}
+
+impl Default for Sharing {
+    fn default() -> Self {
+        Self {
+            download_grant_ttl_secs: 6 * 3600,
+            max_files_per_share: 100,
+            max_links_per_user: 1000,
+        }
+    }
 }
 
 /// How file bytes reach a downloader.
@@ -72,6 +142,8 @@ pub struct AuthConfig {
     pub signing_key_activation_secs: u64,
     /// Concurrent argon2id computations; more requests queue. Bounds the CPU and memory a sign-in flood can take.
     pub password_hash_concurrency: usize,
+    /// Usernames that are server admins (besides the first account ever created).
+    pub admins: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -115,6 +187,9 @@ impl Default for Config {
             limits: Limits::default(),
             maintenance: Maintenance::default(),
             downloads: Downloads::default(),
+            quotas: Quotas::default(),
+            retention: Retention::default(),
+            sharing: Sharing::default(),
         }
     }
 }
@@ -129,6 +204,7 @@ impl Default for AuthConfig {
             signup_enabled: true,
             signing_key_activation_secs: 90,
             password_hash_concurrency: std::thread::available_parallelism().map_or(2, usize::from),
+            admins: Vec::new(),
         }
     }
 }
@@ -233,6 +309,9 @@ impl std::fmt::Debug for Config {
             .field("limits", &shown.limits)
             .field("maintenance", &shown.maintenance)
             .field("downloads", &shown.downloads)
+            .field("quotas", &shown.quotas)
+            .field("retention", &shown.retention)
+            .field("sharing", &shown.sharing)
             .finish()
     }
 }

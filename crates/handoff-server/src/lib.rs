@@ -6,16 +6,20 @@
 //! (problem+json), `config`, `state`, `serve` (accept loop and timeouts), `maintenance` (background collection),
 //! `migrate` (copying an instance to other backends).
 
+pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod files;
 pub mod health;
+pub mod links;
 pub mod maintenance;
 pub mod migrate;
 pub mod openapi;
 pub mod serve;
 pub mod state;
+pub mod teams;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
@@ -35,6 +39,9 @@ fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::base())
         .merge(auth::routes())
         .merge(files::routes())
+        .merge(teams::routes())
+        .merge(links::routes())
+        .merge(admin::routes())
         .merge(health::routes())
 }
 
@@ -65,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
             header::COOKIE,
+            header::HeaderName::from_static("x-link-password"),
         ]))
         .layer(CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(error::ApiError::internal("handler panicked"))

@@ -24,10 +24,43 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
             _ = interval.tick() => {}
             _ = stop.changed() => return,
         }
+        if let Err(e) = expire(&state).await {
+            tracing::warn!(error = %e, "retention pass failed");
+        }
         if let Err(e) = collect(&state, grace).await {
             tracing::warn!(error = %e, "collection pass failed");
         }
     }
+}
+
+/// Retention: deletes files past their expiry (with their bytes) and forgets share links that expired or were
+/// revoked longer ago than `retention.expired_link_grace_secs`. Safe on several nodes at once: the store hands
+/// each expired file to exactly one caller. Returns how many files were removed.
+pub async fn expire(state: &AppState) -> Result<u64, handoff_core::StoreError> {
+    let now = handoff_core::now();
+    let mut removed = 0;
+    loop {
+        let batch = state.meta.delete_expired_files(now, 500).await?;
+        for file in &batch {
+            if let Err(e) = state.blobs.delete(file.blob).await {
+                tracing::warn!(blob = %file.blob, error = %e, "blob of an expired file left for the collector");
+            }
+            state
+                .audit
+                .record(crate::audit::Event::new("file.expire").on_file(file))
+                .await;
+        }
+        removed += batch.len() as u64;
+        if batch.len() < 500 {
+            break;
+        }
+    }
+    let grace = time::Duration::seconds(i64::try_from(state.config.retention.expired_link_grace_secs).unwrap_or(0));
+    let links = state.meta.prune_shares(now - grace).await?;
+    if removed > 0 || links > 0 {
+        tracing::info!(files = removed, links, "retention removed expired files and links");
+    }
+    Ok(removed)
 }
 
 /// One pass: returns how many blobs were removed.

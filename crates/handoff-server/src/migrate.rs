@@ -336,8 +336,10 @@ impl Stores {
             .commit()
             .await
             .map_err(store(format!("committing the copy of blob {blob} to the target")))?;
+        // Upload links are not migrated, so the link a file arrived through is forgotten.
         let row = FileRecord {
             blob: new_blob,
+            upload_link: None,
             ..file.clone()
         };
         match self.target_meta.insert_files(std::slice::from_ref(&row)).await {

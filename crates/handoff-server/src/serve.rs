@@ -29,6 +29,7 @@ pub async fn serve(
     let (stop_maintenance, maintenance_stopped) = tokio::sync::watch::channel(false);
     let maintenance = tokio::spawn(maintenance::run(state.clone(), maintenance_stopped));
 
+    let audit = state.audit.clone();
     let app = crate::router(state);
     let mut builder = Builder::new(TokioExecutor::new());
     builder
@@ -79,5 +80,6 @@ pub async fn serve(
     }
     let _ = stop_maintenance.send(true);
     let _ = maintenance.await;
+    audit.flush().await;
     Ok(())
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use handoff_core::{BlobStore, MetadataStore};
 
+use crate::audit::AuditLog;
 use crate::auth::password::Passwords;
 use crate::auth::tokens::TokenService;
 use crate::config::Config;
@@ -20,6 +21,7 @@ pub struct Inner {
     pub blobs: Arc<dyn BlobStore>,
     pub tokens: TokenService,
     pub passwords: Passwords,
+    pub audit: AuditLog,
 }
 
 impl Deref for AppState {
@@ -39,6 +41,8 @@ pub enum StartError {
     DataDir(std::path::PathBuf, #[source] std::io::Error),
     #[error("could not load signing keys")]
     Keys(#[source] handoff_core::StoreError),
+    #[error("could not apply auth.admins")]
+    Admins(#[source] handoff_core::StoreError),
     #[error("could not prepare password hashing: {0:?}")]
     Passwords(crate::error::ApiError),
 }
@@ -83,12 +87,34 @@ impl AppState {
         let passwords = Passwords::new(config.auth.password_hash_concurrency)
             .await
             .map_err(StartError::Passwords)?;
+        promote_admins(meta.as_ref(), &config.auth.admins)
+            .await
+            .map_err(StartError::Admins)?;
+        let audit = AuditLog::start(meta.clone());
         Ok(Self(Arc::new(Inner {
             config,
             meta,
             blobs,
             tokens,
             passwords,
+            audit,
         })))
     }
+}
+
+/// Makes the accounts named in `auth.admins` server admins (those that exist; sign-up promotes later ones).
+async fn promote_admins(meta: &dyn MetadataStore, admins: &[String]) -> Result<(), handoff_core::StoreError> {
+    for name in admins {
+        let Ok(username) = handoff_core::Username::parse(name) else {
+            tracing::warn!(%name, "auth.admins names an impossible username");
+            continue;
+        };
+        if let Some(user) = meta.user_by_username(&username).await?
+            && !user.is_admin
+        {
+            meta.set_user_flags(user.id, None, Some(true)).await?;
+            tracing::info!(%name, "promoted to server admin by configuration");
+        }
+    }
+    Ok(())
 }

@@ -41,6 +41,9 @@ const ENV_SECTIONS: &[&str] = &[
     "HANDOFF_LIMITS__",
     "HANDOFF_MAINTENANCE__",
     "HANDOFF_DOWNLOADS__",
+    "HANDOFF_QUOTAS__",
+    "HANDOFF_RETENTION__",
+    "HANDOFF_SHARING__",
 ];
 
 impl ConfigArgs {
@@ -61,6 +64,8 @@ impl ConfigArgs {
                 .prefix_separator("_")
                 .separator("__")
                 .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("auth.admins")
                 .source(Some(environment)),
         );
         let flags = [

@@ -86,6 +86,34 @@ impl From<&User> for UserView {
     }
 }
 
+/// Storage used by an account and its limits (`null`: unlimited).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageView {
+    bytes: u64,
+    files: u64,
+    quota_bytes: Option<u64>,
+    quota_files: Option<u64>,
+}
+
+impl From<handoff_core::Usage> for UsageView {
+    fn from(u: handoff_core::Usage) -> Self {
+        Self {
+            bytes: u.bytes,
+            files: u.files,
+            quota_bytes: u.quota.bytes,
+            quota_files: u.quota.files,
+        }
+    }
+}
+
+/// The signed-in account with its storage usage.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MeView {
+    #[serde(flatten)]
+    user: UserView,
+    usage: UsageView,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TokenResponse {
     /// A JWT (EdDSA) to send as `Authorization: Bearer <access_token>`.
@@ -195,6 +223,21 @@ async fn signup(State(state): State<AppState>, ApiJson(req): ApiJson<SignupReque
             other => other.into(),
         })?;
     tracing::info!(user = %user.id, "account created");
+    let mut user = user;
+    if !user.is_admin
+        && state
+            .config
+            .auth
+            .admins
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(user.username.as_str()))
+    {
+        user = state
+            .meta
+            .set_user_flags(user.id, None, Some(true))
+            .await?
+            .unwrap_or(user);
+    }
     Ok((StatusCode::CREATED, Json(UserView::from(&user))))
 }
 
@@ -216,6 +259,10 @@ async fn signin(State(state): State<AppState>, ApiJson(req): ApiJson<SigninReque
     }
     let user = user.ok_or_else(invalid_credentials)?;
     tracing::info!(user = %user.id, "signed in");
+    state
+        .audit
+        .record(crate::audit::Event::new("auth.signin").by(&user).owner(user.id))
+        .await;
     Ok(Json(issue_tokens(&state, &user, None).await?))
 }
 
@@ -283,11 +330,19 @@ async fn signout(State(state): State<AppState>, ApiJson(req): ApiJson<RefreshReq
 /// The signed-in account.
 #[utoipa::path(get, path = "/auth/me", tag = "auth", security(("bearer" = [])),
     responses(
-        (status = 200, description = "The account", body = UserView),
+        (status = 200, description = "The account", body = MeView),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
     ))]
-async fn me(AuthUser(user): AuthUser) -> Json<UserView> {
-    Json(UserView::from(&user))
+async fn me(State(state): State<AppState>, AuthUser(user): AuthUser) -> ApiResult<Json<MeView>> {
+    let account = handoff_core::Account::User(user.id);
+    let usage = state
+        .meta
+        .usage(account, state.config.quotas.default_for(account))
+        .await?;
+    Ok(Json(MeView {
+        user: UserView::from(&user),
+        usage: UsageView::from(usage),
+    }))
 }
 
 /// Public keys that verify this server's access tokens (JWK Set).

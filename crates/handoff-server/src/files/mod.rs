@@ -11,7 +11,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use handoff_core::{
-    Access, FileAction, FileCursor, FileKey, FileName, FilePatch, FileRecord, User, Visibility, file_access,
+    Access, Actor, FileAction, FileCursor, FileKey, FileName, FilePatch, FileRecord, TeamId, TeamRole, User,
+    Visibility, file_access,
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -20,6 +21,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::audit::Event;
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, Problem};
 use crate::state::AppState;
@@ -65,6 +67,12 @@ pub struct FileView {
     /// Where the bytes are: `GET` it with the same bearer token.
     #[schema(example = "/files/q3Vh0xJY0bQm3mC7b4d2nKkzv1Zs9eAa/content")]
     download_url: String,
+    /// The team the file belongs to, if any.
+    team_id: Option<String>,
+    /// When the file will be deleted, if it has an expiry.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    expires_at: Option<OffsetDateTime>,
 }
 
 impl From<&FileRecord> for FileView {
@@ -79,6 +87,8 @@ impl From<&FileRecord> for FileView {
             created_at: f.created_at,
             updated_at: f.updated_at,
             download_url: format!("/files/{}/content", f.key),
+            team_id: f.team.map(|t| t.to_string()),
+            expires_at: f.expires_at,
         }
     }
 }
@@ -124,6 +134,57 @@ pub struct FilesQuery {
     limit: Option<u32>,
 }
 
+impl FileList {
+    /// One page from `files`, which holds up to `limit + 1` rows (the extra one only says there is a next page).
+    pub fn page(mut files: Vec<FileRecord>, limit: u32) -> Self {
+        let next_cursor = if files.len() > limit as usize {
+            files.truncate(limit as usize);
+            files.last().map(|f| FileCursor::after(f).encode())
+        } else {
+            None
+        };
+        Self {
+            files: files.iter().map(FileView::from).collect(),
+            next_cursor,
+        }
+    }
+}
+
+/// Paging of a file listing.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// From `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Page size, 1 to the server's maximum (1000 by default); default 100.
+    limit: Option<u32>,
+}
+
+impl ListQuery {
+    pub fn page(&self, state: &AppState) -> ApiResult<(u32, Option<FileCursor>)> {
+        page_params(state, self.cursor.as_deref(), self.limit)
+    }
+}
+
+fn page_params(state: &AppState, cursor: Option<&str>, limit: Option<u32>) -> ApiResult<(u32, Option<FileCursor>)> {
+    let max = state.config.limits.max_page_size;
+    let limit = limit.unwrap_or(DEFAULT_PAGE.min(max));
+    if limit == 0 || limit > max {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be between 1 and {max}"),
+        ));
+    }
+    let after = cursor
+        .map(|c| {
+            FileCursor::decode(c)
+                .ok_or_else(|| ApiError::bad_request("invalid_cursor", "the cursor is not one this server issued"))
+        })
+        .transpose()?;
+    Ok((limit, after))
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -135,6 +196,10 @@ pub struct UploadQuery {
     /// `private` or `key`; default from the server configuration.
     #[param(value_type = Option<String>)]
     visibility: Option<Visibility>,
+    /// Upload into this team (its id); you need the `member` role or higher. The team's quota applies.
+    team: Option<String>,
+    /// Delete the file automatically after this many seconds (at most the server's maximum).
+    expires_in: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -147,23 +212,108 @@ pub struct FileUpdate {
 
 const DEFAULT_PAGE: u32 = 100;
 
-/// Looks up the file behind a client-supplied key and applies the access policy.
-async fn authorized_file(state: &AppState, user: &User, raw_key: &str, action: FileAction) -> ApiResult<FileRecord> {
-    let key = FileKey::parse(raw_key).ok_or_else(ApiError::file_not_found)?;
-    let file = state
-        .meta
-        .file_by_key(&key)
-        .await?
-        .ok_or_else(ApiError::file_not_found)?;
-    match file_access(user, &file, action) {
-        Access::Allowed => Ok(file),
+/// The expiry of a new file: the requested lifetime (bounded by the configured maximum) or the default.
+pub fn expiry(state: &AppState, requested_secs: Option<u64>) -> ApiResult<Option<OffsetDateTime>> {
+    let retention = &state.config.retention;
+    let secs = match (requested_secs, retention.max_file_ttl_secs) {
+        (Some(0), _) => {
+            return Err(ApiError::bad_request(
+                "invalid_expiry",
+                "expires_in must be at least 1 second",
+            ));
+        }
+        (Some(secs), Some(max)) if secs > max => {
+            return Err(ApiError::bad_request(
+                "expiry_too_long",
+                format!("files may live at most {max} seconds here"),
+            ));
+        }
+        (Some(secs), _) => Some(secs),
+        (None, max) => match (retention.default_file_ttl_secs, max) {
+            (Some(default), Some(max)) => Some(default.min(max)),
+            (default, None) => default,
+            (None, Some(max)) => Some(max),
+        },
+    };
+    Ok(secs.map(|secs| {
+        handoff_core::now() + time::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 2).min(1 << 40))
+    }))
+}
+
+pub fn team_not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "team_not_found", "no such team among yours")
+}
+
+pub fn role_insufficient(detail: &'static str) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "team_role_insufficient", detail)
+}
+
+/// The caller's role in `team`; a team they are not in is, to them, a team that does not exist.
+pub async fn team_role(state: &AppState, team: TeamId, user: &User) -> ApiResult<TeamRole> {
+    state.meta.role_in(team, user.id).await?.ok_or_else(team_not_found)
+}
+
+pub fn parse_team_id(raw: &str) -> ApiResult<TeamId> {
+    uuid::Uuid::parse_str(raw).map(TeamId).map_err(|_| team_not_found())
+}
+
+/// Applies the access policy to `file` for `user`, looking up their role in the file's team.
+pub async fn check_file(state: &AppState, user: &User, file: &FileRecord, action: FileAction) -> ApiResult<()> {
+    let team_role = match file.team {
+        Some(team) => state.meta.role_in(team, user.id).await?,
+        None => None,
+    };
+    match file_access(Actor::User { user, team_role }, file, action) {
+        Access::Allowed => Ok(()),
         Access::Hidden => Err(ApiError::file_not_found()),
         Access::Forbidden => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "not_file_owner",
-            "only the file's owner may do this",
+            "you may see this file but not do this to it",
         )),
     }
+}
+
+/// Looks up a live file by its key; expired files are gone even before the retention task removes them.
+pub async fn live_file(state: &AppState, key: &FileKey) -> ApiResult<Option<FileRecord>> {
+    let file = state.meta.file_by_key(key).await?;
+    Ok(file.filter(|f| f.expires_at.is_none_or(|at| at > handoff_core::now())))
+}
+
+/// Looks up the file behind a client-supplied key and applies the access policy.
+async fn authorized_file(state: &AppState, user: &User, raw_key: &str, action: FileAction) -> ApiResult<FileRecord> {
+    let key = FileKey::parse(raw_key).ok_or_else(ApiError::file_not_found)?;
+    let file = live_file(state, &key).await?.ok_or_else(ApiError::file_not_found)?;
+    check_file(state, user, &file, action).await?;
+    Ok(file)
+}
+
+/// Where a signed-in user's upload goes: their own space, or a team where they may upload.
+async fn destination(state: &AppState, user: &User, query: &UploadQuery) -> ApiResult<upload::Destination> {
+    let team = match &query.team {
+        Some(raw) => {
+            let team = parse_team_id(raw)?;
+            if team_role(state, team, user).await? == TeamRole::Viewer {
+                return Err(role_insufficient("viewers cannot upload into the team"));
+            }
+            Some(team)
+        }
+        None => None,
+    };
+    let account = team.map_or(handoff_core::Account::User(user.id), handoff_core::Account::Team);
+    let usage = state
+        .meta
+        .usage(account, state.config.quotas.default_for(account))
+        .await?;
+    Ok(upload::Destination {
+        uploader: user.id,
+        team,
+        upload_link: None,
+        expires_at: expiry(state, query.expires_in)?,
+        bytes_left: usage.bytes_left(),
+        files_left: usage.files_left(),
+        room_error: upload::quota_exceeded,
+    })
 }
 
 /// List your files, or (origin compatibility) download one with `?fileName=<key>`.
@@ -187,38 +337,14 @@ async fn list_or_download(
 ) -> ApiResult<Response> {
     if let Some(key) = query.file_name {
         let file = authorized_file(&state, &user, &key, FileAction::Download).await?;
-        return download::respond(&state, &file, &headers).await;
+        return download_as(&state, &user, &file, &headers).await;
     }
-    let max = state.config.limits.max_page_size;
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE.min(max));
-    if limit == 0 || limit > max {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            format!("limit must be between 1 and {max}"),
-        ));
-    }
-    let after = query
-        .cursor
-        .map(|c| {
-            FileCursor::decode(&c)
-                .ok_or_else(|| ApiError::bad_request("invalid_cursor", "the cursor is not one this server issued"))
-        })
-        .transpose()?;
-    let mut files = state
+    let (limit, after) = page_params(&state, query.cursor.as_deref(), query.limit)?;
+    let files = state
         .meta
         .list_files(user.id, after.as_ref(), limit.saturating_add(1))
         .await?;
-    let next_cursor = if files.len() > limit as usize {
-        files.truncate(limit as usize);
-        files.last().map(|f| FileCursor::after(f).encode())
-    } else {
-        None
-    };
-    Ok(Json(FileList {
-        files: files.iter().map(FileView::from).collect(),
-        next_cursor,
-    })
-    .into_response())
+    Ok(Json(FileList::page(files, limit)).into_response())
 }
 
 /// Upload one file (raw body) or several (`multipart/form-data`, parts named `file`).
@@ -244,15 +370,27 @@ async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    let dest = destination(&state, &user, &query).await?;
     let records = upload::store_upload(
         &state,
-        &user,
+        &dest,
         &headers,
         query.file_name.as_deref(),
         query.visibility,
         body,
     )
     .await?;
+    for record in &records {
+        state
+            .audit
+            .record(
+                Event::new("file.upload")
+                    .by(&user)
+                    .on_file(record)
+                    .with("size", record.size),
+            )
+            .await;
+    }
     let mut response = match records.as_slice() {
         [one] => {
             let location = HeaderValue::from_str(&format!("/files/{}", one.key)).map_err(ApiError::internal)?;
@@ -294,7 +432,7 @@ async fn metadata(
     Ok(Json(FileView::from(&file)))
 }
 
-/// Rename a file or change its visibility (owner only).
+/// Rename a file or change its visibility (its owner, a team owner or admin, or the member who uploaded it).
 #[utoipa::path(patch, path = "/files/{key}", tag = "files", security(("bearer" = [])),
     params(("key" = String, Path, description = "The file's secret key")),
     request_body = FileUpdate,
@@ -327,10 +465,19 @@ async fn update(
         .update_file(&file.key, &patch, handoff_core::now())
         .await?
         .ok_or_else(ApiError::file_not_found)?;
+    let mut event = Event::new("file.update").by(&user).on_file(&updated);
+    if updated.name != file.name {
+        event = event.with("previous_name", file.name.as_str());
+    }
+    if updated.visibility != file.visibility {
+        event = event.with("visibility", updated.visibility.as_str());
+    }
+    state.audit.record(event).await;
     Ok(Json(FileView::from(&updated)))
 }
 
-/// Delete a file (owner only). Its bytes are removed at once.
+/// Delete a file (its owner, a team owner or admin, the member who uploaded it, or a server admin). Its bytes
+/// are removed at once.
 #[utoipa::path(delete, path = "/files/{key}", tag = "files", security(("bearer" = [])),
     params(("key" = String, Path, description = "The file's secret key")),
     responses(
@@ -351,6 +498,10 @@ async fn delete(
             tracing::warn!(blob = %deleted.blob, error = %e, "blob of a deleted file left for the collector");
         }
         tracing::info!(owner = %user.id, blob = %deleted.blob, "file deleted");
+        state
+            .audit
+            .record(Event::new("file.delete").by(&user).on_file(&deleted))
+            .await;
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -377,5 +528,24 @@ async fn content(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let file = authorized_file(&state, &user, &key, FileAction::Download).await?;
-    download::respond(&state, &file, &headers).await
+    download_as(&state, &user, &file, &headers).await
+}
+
+/// Serves the bytes and records the download; a resumed download (a `Range` that does not start at zero) is
+/// not recorded again.
+async fn download_as(state: &AppState, user: &User, file: &FileRecord, headers: &HeaderMap) -> ApiResult<Response> {
+    let response = download::respond(state, file, headers).await?;
+    if response.status().is_success() || response.status().is_redirection() {
+        let resumed = headers
+            .get(header::RANGE)
+            .and_then(|r| r.to_str().ok())
+            .is_some_and(|r| !r.trim_start_matches("bytes=").starts_with('0') && !r.contains("=-"));
+        if !resumed && response.status() != StatusCode::NOT_MODIFIED {
+            state
+                .audit
+                .record(Event::new("file.download").by(user).on_file(file))
+                .await;
+        }
+    }
+    Ok(response)
 }

@@ -7,9 +7,13 @@ use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
-use handoff_core::{BlobId, BlobStore, FileKey, FileName, FileRecord, User, Visibility};
+use handoff_core::{
+    Account, BlobId, BlobStore, CommitOutcome, CommitRules, FileKey, FileName, FileRecord, TeamId, UploadLinkId,
+    UserId, Visibility,
+};
 use percent_encoding::percent_decode_str;
 use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -36,6 +40,55 @@ pub fn too_large(max: u64) -> ApiError {
     )
 }
 
+pub fn quota_exceeded() -> ApiError {
+    ApiError::new(
+        StatusCode::INSUFFICIENT_STORAGE,
+        "quota_exceeded",
+        "this upload would exceed the storage quota",
+    )
+}
+
+pub fn link_unavailable() -> ApiError {
+    ApiError::new(
+        StatusCode::GONE,
+        "link_unavailable",
+        "this link has expired, was revoked, or has no room left",
+    )
+}
+
+/// Where an upload goes and how much room it has. The room is checked while bytes stream (so an upload over
+/// quota stops after at most one write buffer) and again, atomically, when the files are committed.
+#[derive(Clone, Debug)]
+pub struct Destination {
+    pub uploader: UserId,
+    pub team: Option<TeamId>,
+    pub upload_link: Option<UploadLinkId>,
+    pub expires_at: Option<OffsetDateTime>,
+    /// Bytes the account (and link) may still take; `None` is unlimited.
+    pub bytes_left: Option<u64>,
+    pub files_left: Option<u64>,
+    /// What exceeding the room means to the client: a quota, or an upload link's limits.
+    pub room_error: fn() -> ApiError,
+}
+
+impl Destination {
+    pub fn account(&self) -> Account {
+        self.team.map_or(Account::User(self.uploader), Account::Team)
+    }
+}
+
+/// The size limit of the next file, and the error for going past it.
+fn file_limit(
+    max_file_size: u64,
+    bytes_left: Option<u64>,
+    room_error: fn() -> ApiError,
+) -> (u64, Box<dyn Fn() -> ApiError + Send + Sync>) {
+    match bytes_left {
+        Some(left) if left < max_file_size => (left, Box::new(room_error)),
+        _ => (max_file_size, Box::new(move || too_large(max_file_size))),
+    }
+}
+
 fn interrupted(cause: impl std::fmt::Display) -> ApiError {
     tracing::info!(%cause, "upload body ended early");
     ApiError::bad_request("upload_interrupted", "the upload body ended before it was complete")
@@ -47,6 +100,7 @@ async fn receive<E>(
     blobs: &dyn BlobStore,
     mut body: impl Stream<Item = Result<Bytes, E>> + Unpin,
     max_size: u64,
+    on_too_large: &(dyn Fn() -> ApiError + Send + Sync),
     on_body_error: impl Fn(E) -> ApiError,
 ) -> ApiResult<Received> {
     let mut writer = blobs.create().await?;
@@ -56,7 +110,7 @@ async fn receive<E>(
         let chunk = chunk.map_err(&on_body_error)?;
         size += chunk.len() as u64;
         if size > max_size {
-            return Err(too_large(max_size));
+            return Err(on_too_large());
         }
         hasher.update(&chunk);
         writer.write(chunk).await?;
@@ -105,20 +159,27 @@ fn raw_file_name(query: Option<&str>, headers: &HeaderMap, max: usize) -> ApiRes
     Ok(FileName::parse(&raw, max)?)
 }
 
-async fn receive_raw(state: &AppState, headers: &HeaderMap, name: FileName, body: Body) -> ApiResult<Incoming> {
-    let limits = &state.config.limits;
+async fn receive_raw(
+    state: &AppState,
+    dest: &Destination,
+    headers: &HeaderMap,
+    name: FileName,
+    body: Body,
+) -> ApiResult<Incoming> {
+    let (limit, on_too_large) = file_limit(state.config.limits.max_file_size, dest.bytes_left, dest.room_error);
     let declared_length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared_length.is_some_and(|n| n > limits.max_file_size) {
-        return Err(too_large(limits.max_file_size));
+    if declared_length.is_some_and(|n| n > limit) {
+        return Err(on_too_large());
     }
     let declared_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let received = receive(
         state.blobs.as_ref(),
         body.into_data_stream(),
-        limits.max_file_size,
+        limit,
+        on_too_large.as_ref(),
         interrupted,
     )
     .await?;
@@ -139,7 +200,13 @@ fn multipart_error(e: multer::Error, max_file_size: u64) -> ApiError {
 
 /// Every part named `file` (or `files`) is a file; other parts are skipped. Received files are pushed to `files`
 /// as they complete, so that the caller can discard them if a later part fails.
-async fn receive_multipart(state: &AppState, boundary: String, body: Body, files: &mut Vec<Incoming>) -> ApiResult<()> {
+async fn receive_multipart(
+    state: &AppState,
+    dest: &Destination,
+    boundary: String,
+    body: Body,
+    files: &mut Vec<Incoming>,
+) -> ApiResult<()> {
     let limits = &state.config.limits;
     let max = limits.max_file_size;
     let constraints = multer::Constraints::new().size_limit(
@@ -165,8 +232,20 @@ async fn receive_multipart(state: &AppState, boundary: String, body: Body, files
             })?,
             limits.max_file_name_bytes,
         )?;
+        if dest.files_left.is_some_and(|left| files.len() as u64 >= left) {
+            return Err((dest.room_error)());
+        }
         let declared_type = field.content_type().map(ToString::to_string);
-        let received = receive(state.blobs.as_ref(), field, max, |e| multipart_error(e, max)).await?;
+        let used: u64 = files.iter().map(|f| f.received.size).sum();
+        let (limit, on_too_large) = file_limit(
+            max,
+            dest.bytes_left.map(|left| left.saturating_sub(used)),
+            dest.room_error,
+        );
+        let received = receive(state.blobs.as_ref(), field, limit, on_too_large.as_ref(), |e| {
+            multipart_error(e, max)
+        })
+        .await?;
         files.push(Incoming {
             content_type: content_type(declared_type.as_deref(), &name),
             name,
@@ -194,7 +273,7 @@ async fn discard(blobs: &dyn BlobStore, files: &[Incoming]) {
 /// are deleted (and would be collected as orphans if that failed too).
 pub async fn store_upload(
     state: &AppState,
-    owner: &User,
+    dest: &Destination,
     headers: &HeaderMap,
     query_file_name: Option<&str>,
     visibility: Option<Visibility>,
@@ -210,11 +289,14 @@ pub async fn store_upload(
             })
         })
         .transpose()?;
+    if dest.files_left == Some(0) || dest.bytes_left == Some(0) {
+        return Err((dest.room_error)());
+    }
     let mut incoming = Vec::new();
     let received = match boundary {
-        Some(boundary) => receive_multipart(state, boundary, body, &mut incoming).await,
+        Some(boundary) => receive_multipart(state, dest, boundary, body, &mut incoming).await,
         None => match raw_file_name(query_file_name, headers, state.config.limits.max_file_name_bytes) {
-            Ok(name) => receive_raw(state, headers, name, body)
+            Ok(name) => receive_raw(state, dest, headers, name, body)
                 .await
                 .map(|file| incoming.push(file)),
             Err(e) => Err(e),
@@ -231,7 +313,7 @@ pub async fn store_upload(
         .map(|f| FileRecord {
             key: FileKey::generate(),
             blob: f.received.blob,
-            owner: owner.id,
+            owner: dest.uploader,
             name: f.name.clone(),
             size: f.received.size,
             sha256: f.received.sha256.clone(),
@@ -239,14 +321,29 @@ pub async fn store_upload(
             visibility,
             created_at: now,
             updated_at: now,
+            team: dest.team,
+            expires_at: dest.expires_at,
+            upload_link: dest.upload_link,
         })
         .collect();
-    if let Err(e) = state.meta.insert_files(&records).await {
+    let rules = CommitRules {
+        default_quota: state.config.quotas.default_for(dest.account()),
+        upload_link: dest.upload_link,
+        now,
+        enforce_quota: true,
+    };
+    let outcome = match state.meta.commit_files(&records, &rules).await {
+        Ok(CommitOutcome::Committed) => Ok(()),
+        Ok(CommitOutcome::QuotaExceeded) => Err(quota_exceeded()),
+        Ok(CommitOutcome::LinkExhausted) => Err(link_unavailable()),
+        Err(e) => Err(e.into()),
+    };
+    if let Err(e) = outcome {
         discard(state.blobs.as_ref(), &incoming).await;
-        return Err(e.into());
+        return Err(e);
     }
     for record in &records {
-        tracing::info!(owner = %owner.id, blob = %record.blob, size = record.size, "file stored");
+        tracing::info!(owner = %dest.uploader, blob = %record.blob, size = record.size, "file stored");
     }
     Ok(records)
 }
