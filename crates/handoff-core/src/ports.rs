@@ -117,7 +117,7 @@ pub trait MetadataStore: CollaborationStore + Send + Sync + std::fmt::Debug {
     async fn file_by_key(&self, key: &FileKey) -> StoreResult<Option<FileRecord>>;
     /// Every file of every owner, ordered by key (byte order), strictly after `after`: for exports.
     async fn files_page(&self, after: Option<&FileKey>, limit: u32) -> StoreResult<Vec<FileRecord>>;
-    /// The owner's files, newest first, strictly after `after`.
+    /// The owner's personal files (not those they uploaded into a team), newest first, strictly after `after`.
     async fn list_files(&self, owner: UserId, after: Option<&FileCursor>, limit: u32) -> StoreResult<Vec<FileRecord>>;
     async fn update_file(
         &self,

@@ -73,6 +73,24 @@ macro_rules! collaboration_store {
                 i64::try_from(v).map_err(|_| StoreError::Corrupt("size beyond i64".into()))
             }
 
+            /// Bytes and files per account, in one fixed order (teams, then users, each by id), so that two
+            /// transactions touching the same accounts lock their rows in the same order and cannot deadlock.
+            fn per_account(files: &[FileRecord]) -> Vec<(Account, u64, u64)> {
+                let mut totals: std::collections::BTreeMap<(u8, uuid::Uuid), (Account, u64, u64)> =
+                    std::collections::BTreeMap::new();
+                for file in files {
+                    let account = file.account();
+                    let key = match account {
+                        Account::Team(t) => (0, t.0),
+                        Account::User(u) => (1, u.0),
+                    };
+                    let entry = totals.entry(key).or_insert((account, 0, 0));
+                    entry.1 += file.size;
+                    entry.2 += 1;
+                }
+                totals.into_values().collect()
+            }
+
             fn account_sql(account: Account) -> (&'static str, String) {
                 match account {
                     Account::User(id) => ("users", id.0.to_string()),
@@ -230,18 +248,8 @@ macro_rules! collaboration_store {
                             return Ok(CommitOutcome::LinkExhausted);
                         }
                     }
-                    // Usage per account (an upload has one; an import may carry many), in first-seen order.
-                    let mut charges: Vec<(Account, u64, u64)> = Vec::new();
-                    for file in files {
-                        match charges.iter_mut().find(|(a, _, _)| *a == file.account()) {
-                            Some((_, bytes, count)) => {
-                                *bytes += file.size;
-                                *count += 1;
-                            }
-                            None => charges.push((file.account(), file.size, 1)),
-                        }
-                    }
-                    for (account, bytes, count) in charges {
+                    // Usage per account (an upload has one; an import may carry many).
+                    for (account, bytes, count) in per_account(files) {
                         let (table, id) = account_sql(account);
                         let charged = sqlx::query(q(&format!(
                             "UPDATE {table} SET used_bytes = used_bytes + $1, used_files = used_files + $2
@@ -408,13 +416,14 @@ macro_rules! collaboration_store {
                     .await
                     .map_err(store_error)?;
                     let files = rows.iter().map(file_from_row).collect::<StoreResult<Vec<_>>>()?;
-                    for file in &files {
-                        let (table, id) = account_sql(file.account());
+                    for (account, bytes, count) in per_account(&files) {
+                        let (table, id) = account_sql(account);
                         sqlx::query(q(&format!(
-                            "UPDATE {table} SET used_bytes = used_bytes - $1, used_files = used_files - 1
-                             WHERE id = CAST($2 AS {{uuid}})"
+                            "UPDATE {table} SET used_bytes = used_bytes - $1, used_files = used_files - $2
+                             WHERE id = CAST($3 AS {{uuid}})"
                         )))
-                        .bind(size(file.size)?)
+                        .bind(size(bytes)?)
+                        .bind(size(count)?)
                         .bind(id)
                         .execute(&mut *tx)
                         .await

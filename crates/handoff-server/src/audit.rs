@@ -68,7 +68,11 @@ impl AuditLog {
     }
 
     pub async fn record(&self, event: Event) {
-        if self.queue.send(Message::Event(Box::new(event.0))).await.is_err() {
+        let Event(mut event, detail) = event;
+        if !detail.is_empty() {
+            event.detail = Some(serde_json::Value::Object(detail).to_string());
+        }
+        if self.queue.send(Message::Event(Box::new(event))).await.is_err() {
             tracing::warn!("audit writer has stopped; event dropped");
         }
     }
@@ -106,20 +110,23 @@ async fn write(meta: &dyn MetadataStore, batch: &mut Vec<AuditEvent>) {
 
 /// An event being built: `Event::new("file.download").by(&user).on_file(&file)`.
 #[derive(Debug)]
-pub struct Event(AuditEvent);
+pub struct Event(AuditEvent, serde_json::Map<String, serde_json::Value>);
 
 impl Event {
     pub fn new(action: &'static str) -> Self {
-        Self(AuditEvent {
-            id: AuditId::generate(),
-            at: handoff_core::now(),
-            action: action.to_owned(),
-            actor: None,
-            owner: None,
-            team: None,
-            file: None,
-            detail: None,
-        })
+        Self(
+            AuditEvent {
+                id: AuditId::generate(),
+                at: handoff_core::now(),
+                action: action.to_owned(),
+                actor: None,
+                owner: None,
+                team: None,
+                file: None,
+                detail: None,
+            },
+            serde_json::Map::new(),
+        )
     }
 
     /// The signed-in account that acted (its name is kept in the detail, so the log reads well after renames).
@@ -148,14 +155,7 @@ impl Event {
 
     /// Adds one field to the event's detail object.
     pub fn with(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
-        let mut detail = self
-            .0
-            .detail
-            .as_deref()
-            .and_then(|d| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(d).ok())
-            .unwrap_or_default();
-        detail.insert(key.to_owned(), value.into());
-        self.0.detail = Some(serde_json::Value::Object(detail).to_string());
+        self.1.insert(key.to_owned(), value.into());
         self
     }
 }

@@ -11,7 +11,7 @@ UPDATE users SET
 
 CREATE TABLE teams (
     id          UUID   PRIMARY KEY,
-    name        TEXT   NOT NULL,
+    name        TEXT   COLLATE "C" NOT NULL,
     quota_bytes BIGINT,
     quota_files BIGINT,
     used_bytes  BIGINT NOT NULL DEFAULT 0,
