@@ -167,10 +167,11 @@ pub struct EventView {
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     at: OffsetDateTime,
-    /// `file.upload`, `file.download`, `file.rename`, `file.delete`, `file.expire`, `share.create`,
+    /// `file.upload`, `file.download`, `file.update`, `file.delete`, `file.expire`, `share.create`,
     /// `share.update`, `share.revoke`, `share.download`, `upload_link.create`, `upload_link.revoke`,
     /// `upload_link.upload`, `team.create`, `team.rename`, `team.delete`, `team.member_add`,
-    /// `team.member_role`, `team.member_remove`, `auth.signin`, `admin.user_update`, `admin.team_update`
+    /// `team.member_role`, `team.member_remove`, `team.transfer`, `auth.signin`, `admin.user_update`,
+    /// `admin.team_update`
     #[schema(example = "file.download")]
     action: String,
     /// The file's key, when the event concerns a file.

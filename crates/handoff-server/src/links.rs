@@ -64,6 +64,15 @@ fn share_not_found() -> ApiError {
     )
 }
 
+/// The files being sent do not fit what the link still accepts (the link itself stays open for smaller ones).
+fn link_limit_exceeded() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "link_limit_exceeded",
+        "these files do not fit in what this upload link still accepts",
+    )
+}
+
 fn upload_link_not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -147,10 +156,11 @@ async fn check_password(state: &AppState, headers: &HeaderMap, stored: Option<&s
         .and_then(|v| v.to_str().ok())
         .filter(|p| p.len() <= 1024);
     let Some(presented) = presented else {
-        return Err(ApiError::unauthorized(
+        // Not a bearer-token challenge: no `WWW-Authenticate`.
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
             "password_required",
             "this link needs its password in the X-Link-Password header",
-            false,
         ));
     };
     if state.passwords.verify(presented, Some(stored)).await? {
@@ -218,6 +228,8 @@ pub struct ShareUpdate {
     #[serde(default, deserialize_with = "explicit")]
     #[schema(value_type = Option<String>)]
     expires_at: Option<Option<String>>,
+    /// Alternatively, a new expiry in seconds from now.
+    expires_in: Option<u64>,
     /// `null` removes the limit.
     #[serde(default, deserialize_with = "explicit")]
     #[schema(value_type = Option<u64>)]
@@ -305,8 +317,13 @@ async fn my_share(state: &AppState, user: &User, raw_id: &str) -> ApiResult<Shar
         .ok_or_else(share_not_found)
 }
 
+/// Refuses a new link when the user already holds the maximum of live ones (revoked, expired and used-up links do
+/// not count).
 async fn links_held(state: &AppState, user: &User) -> ApiResult<()> {
-    let held = state.meta.shares_of(user.id).await?.len() + state.meta.upload_links_of(user.id).await?.len();
+    let now = handoff_core::now();
+    let shares = state.meta.shares_of(user.id).await?;
+    let uploads = state.meta.upload_links_of(user.id).await?;
+    let held = shares.iter().filter(|s| s.is_live(now)).count() + uploads.iter().filter(|l| l.is_live(now)).count();
     if held >= state.config.sharing.max_links_per_user {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -442,10 +459,17 @@ async fn update_share(
             Some(None) => Some(None),
             Some(Some(p)) => Some(password_hash(&state, Some(p)).await?),
         },
-        expires_at: match req.expires_at {
-            None => None,
-            Some(None) => Some(None),
-            Some(Some(raw)) => Some(link_expiry(Some(&raw), None)?),
+        expires_at: match (req.expires_at, req.expires_in) {
+            (None, None) => None,
+            (Some(None), None) => Some(None),
+            (Some(Some(raw)), None) => Some(link_expiry(Some(&raw), None)?),
+            (None, Some(secs)) => Some(link_expiry(None, Some(secs))?),
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad_request(
+                    "invalid_expiry",
+                    "give expires_at or expires_in, not both",
+                ));
+            }
         },
         max_downloads: req.max_downloads.map(|m| positive(m, "max_downloads")).transpose()?,
     };
@@ -994,7 +1018,7 @@ async fn live_upload_link(state: &AppState, raw_token: &str) -> ApiResult<(Uploa
         room_error: if quota_tighter {
             quota_exceeded
         } else {
-            link_unavailable
+            link_limit_exceeded
         },
     };
     Ok((link, owner, dest))
@@ -1044,8 +1068,8 @@ async fn open_upload_link(
         (status = 400, description = "Missing name, malformed body", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Password required or wrong", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such link", body = Problem, content_type = "application/problem+json"),
-        (status = 410, description = "Expired, revoked, or the files do not fit the link's limits", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "File too large", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "Expired, revoked or full", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "File too large (`file_too_large`), or more than the link still accepts (`link_limit_exceeded`)", body = Problem, content_type = "application/problem+json"),
         (status = 507, description = "The receiver's quota is full", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn upload_through_link(

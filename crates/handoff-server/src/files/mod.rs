@@ -143,8 +143,14 @@ impl FileList {
         } else {
             None
         };
+        // Expired files are gone for clients at once, even before the retention task deletes them.
+        let now = handoff_core::now();
         Self {
-            files: files.iter().map(FileView::from).collect(),
+            files: files
+                .iter()
+                .filter(|f| f.expires_at.is_none_or(|at| at > now))
+                .map(FileView::from)
+                .collect(),
             next_cursor,
         }
     }
