@@ -4,12 +4,14 @@
 //!
 //! This crate knows nothing of HTTP, SQL or any cloud SDK: adapters translate to and from these types.
 
+pub mod identity;
 pub mod ids;
 pub mod model;
 pub mod names;
 pub mod policy;
 pub mod ports;
 
+pub use identity::{ApiTokenRecord, ApiTokenScope, IdentityStore, NewApiToken, NewExternalUser};
 pub use ids::{BlobId, FileKey, RefreshTokenSecret, UserId};
 pub use model::{
     FileCursor, FilePage, FilePatch, FileRecord, NewRefreshToken, NewUser, RefreshOutcome, SigningKeyRecord, User,

@@ -56,7 +56,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Everything the service remembers except file bytes.
 #[async_trait]
-pub trait MetadataStore: Send + Sync + std::fmt::Debug {
+pub trait MetadataStore: crate::identity::IdentityStore + Send + Sync + std::fmt::Debug {
     /// Cheap round trip, for readiness.
     async fn ping(&self) -> StoreResult<()>;
 

@@ -27,6 +27,8 @@ use uuid::Uuid;
 
 use crate::{ConnectError, from_micros, micros, store_error};
 
+mod identity;
+
 /// Connections per node. PostgreSQL's default `max_connections` is 100, so a handful of nodes fit.
 const MAX_CONNECTIONS: u32 = 16;
 /// How long a query waits for a connection (and `open` for the server) before reporting `Unavailable`.
@@ -38,13 +40,22 @@ const ROTATE_ATTEMPTS: u32 = 5;
 /// The embedded migrations. `Migrator::DEFAULT` keeps `locking: true`: on PostgreSQL the migrator holds an
 /// advisory lock while it runs, so several nodes starting at once apply each migration exactly once.
 fn migrator() -> Migrator {
-    let migrations = vec![Migration::new(
-        1,
-        Cow::Borrowed("init"),
-        MigrationType::Simple,
-        include_str!("../migrations/postgres/0001_init.sql").into_sql_str(),
-        false,
-    )];
+    let migrations = vec![
+        Migration::new(
+            1,
+            Cow::Borrowed("init"),
+            MigrationType::Simple,
+            include_str!("../migrations/postgres/0001_init.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            4,
+            Cow::Borrowed("identity"),
+            MigrationType::Simple,
+            include_str!("../migrations/postgres/0004_identity.sql").into_sql_str(),
+            false,
+        ),
+    ];
     Migrator {
         migrations: Cow::Owned(migrations),
         ..Migrator::DEFAULT

@@ -8,6 +8,9 @@ use std::time::Duration;
 use handoff_core::Visibility;
 use serde::{Deserialize, Serialize};
 
+mod identity;
+pub use identity::{ApiTokensConfig, OidcProviderConfig, TokenUse};
+
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -72,6 +75,12 @@ pub struct AuthConfig {
     pub signing_key_activation_secs: u64,
     /// Concurrent argon2id computations; more requests queue. Bounds the CPU and memory a sign-in flood can take.
     pub password_hash_concurrency: usize,
+    /// Whether accounts with a password (sign-up, sign-in) exist at all. Off when an external provider is the
+    /// only source of identity.
+    pub builtin_accounts: bool,
+    /// Trusted OpenID Connect issuers (`[[auth.oidc]]`), whose tokens are accepted like ours.
+    pub oidc: Vec<OidcProviderConfig>,
+    pub api_tokens: ApiTokensConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -129,6 +138,9 @@ impl Default for AuthConfig {
             signup_enabled: true,
             signing_key_activation_secs: 90,
             password_hash_concurrency: std::thread::available_parallelism().map_or(2, usize::from),
+            builtin_accounts: true,
+            oidc: Vec::new(),
+            api_tokens: ApiTokensConfig::default(),
         }
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use handoff_core::{BlobStore, MetadataStore};
 
+use crate::auth::oidc::{OidcConfigError, OidcProviders};
 use crate::auth::password::Passwords;
 use crate::auth::tokens::TokenService;
 use crate::config::Config;
@@ -20,6 +21,8 @@ pub struct Inner {
     pub blobs: Arc<dyn BlobStore>,
     pub tokens: TokenService,
     pub passwords: Passwords,
+    /// Trusted external identity providers (`auth.oidc`).
+    pub oidc: OidcProviders,
 }
 
 impl Deref for AppState {
@@ -41,6 +44,8 @@ pub enum StartError {
     Keys(#[source] handoff_core::StoreError),
     #[error("could not prepare password hashing: {0:?}")]
     Passwords(crate::error::ApiError),
+    #[error(transparent)]
+    Oidc(#[from] OidcConfigError),
 }
 
 /// Opens the metadata store named by `config` (applying migrations), creating the default data directory first.
@@ -80,6 +85,7 @@ impl AppState {
         )
         .await
         .map_err(StartError::Keys)?;
+        let oidc = OidcProviders::new(&config.auth.oidc, &config.auth.issuer)?;
         let passwords = Passwords::new(config.auth.password_hash_concurrency)
             .await
             .map_err(StartError::Passwords)?;
@@ -89,6 +95,7 @@ impl AppState {
             blobs,
             tokens,
             passwords,
+            oidc,
         })))
     }
 }
