@@ -115,4 +115,17 @@ pub trait IdentityStore: Send + Sync {
 
     /// Deletes the user's token `id`; `false` when the user has no such token.
     async fn delete_api_token(&self, user: UserId, id: Uuid) -> StoreResult<bool>;
+
+    /// The provider identity `(issuer, subject)` linked to `user`, if any: for exports (`migrate-storage`).
+    async fn external_identity_of(&self, user: UserId) -> StoreResult<Option<(String, String)>>;
+
+    /// Links `(issuer, subject)` to the existing account `user`; `false` when that identity is already linked (to
+    /// anyone). For imports.
+    async fn import_external_identity(&self, issuer: &str, subject: &str, user: UserId) -> StoreResult<bool>;
+
+    /// The user's tokens with their hashes: for exports.
+    async fn export_api_tokens(&self, user: UserId) -> StoreResult<Vec<NewApiToken>>;
+
+    /// Stores a token exactly as exported (no per-user limit); `false` when its id already exists.
+    async fn import_api_token(&self, token: &NewApiToken) -> StoreResult<bool>;
 }

@@ -203,3 +203,47 @@ async fn racing_provisioning_of_one_identity_makes_one_account() {
         assert!(store.user_by_identity(iss, "racer").await.unwrap().is_some());
     }
 }
+
+#[tokio::test]
+async fn identities_and_tokens_export_and_import_exactly() {
+    for (backend, store, _scratch) in backends().await {
+        let iss = "https://idp.example";
+        let user = store
+            .create_external_user(&external(iss, "exp", &["idp:exp"]))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.external_identity_of(user.id).await.unwrap(),
+            Some((iss.to_owned(), "exp".to_owned())),
+            "{backend}"
+        );
+        let plain = local(store.as_ref(), "plain").await;
+        assert_eq!(store.external_identity_of(plain.id).await.unwrap(), None);
+        // Already linked: not linked again, to anyone.
+        assert!(!store.import_external_identity(iss, "exp", plain.id).await.unwrap());
+        assert!(store.import_external_identity(iss, "other", plain.id).await.unwrap());
+        assert_eq!(
+            store.user_by_identity(iss, "other").await.unwrap().unwrap().id,
+            plain.id
+        );
+
+        let original = token(user.id, "t", ApiTokenScope::UploadOnly, Duration::days(3));
+        assert!(store.insert_api_token(&original, 5).await.unwrap());
+        let exported = store.export_api_tokens(user.id).await.unwrap();
+        assert_eq!(exported.len(), 1);
+        assert_eq!(exported[0].hash, original.hash);
+        assert_eq!(exported[0].record, original.record);
+        assert!(
+            !store.import_api_token(&exported[0]).await.unwrap(),
+            "{backend}: imported twice"
+        );
+        assert!(store.delete_api_token(user.id, original.record.id).await.unwrap());
+        assert!(store.import_api_token(&exported[0]).await.unwrap());
+        let (found, owner) = store
+            .api_token_by_hash(&original.hash, handoff_core::now())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((found.id, owner.id), (original.record.id, user.id));
+    }
+}

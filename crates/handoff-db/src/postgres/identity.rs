@@ -216,6 +216,22 @@ impl IdentityStore for PostgresStore {
         Ok(Some((token, user)))
     }
 
+    async fn external_identity_of(&self, user: UserId) -> StoreResult<Option<(String, String)>> {
+        self.identity_of(user).await
+    }
+
+    async fn import_external_identity(&self, issuer: &str, subject: &str, user: UserId) -> StoreResult<bool> {
+        self.link_identity(issuer, subject, user).await
+    }
+
+    async fn export_api_tokens(&self, user: UserId) -> StoreResult<Vec<NewApiToken>> {
+        self.tokens_with_hashes(user).await
+    }
+
+    async fn import_api_token(&self, token: &NewApiToken) -> StoreResult<bool> {
+        self.insert_exported_token(token).await
+    }
+
     async fn delete_api_token(&self, user: UserId, id: Uuid) -> StoreResult<bool> {
         let deleted = sqlx::query("DELETE FROM api_tokens WHERE id = $1::uuid AND user_id = $2::uuid")
             .bind(id.to_string())
@@ -224,5 +240,78 @@ impl IdentityStore for PostgresStore {
             .await
             .map_err(store_error)?;
         Ok(deleted.rows_affected() == 1)
+    }
+}
+
+/// Export and import (`migrate-storage`), delegated from `impl IdentityStore` above.
+impl PostgresStore {
+    pub(super) async fn identity_of(&self, user: UserId) -> StoreResult<Option<(String, String)>> {
+        let row = sqlx::query("SELECT issuer, subject FROM external_identities WHERE user_id = $1::uuid")
+            .bind(user.0.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?;
+        row.map(|r| {
+            Ok((
+                r.try_get("issuer").map_err(store_error)?,
+                r.try_get("subject").map_err(store_error)?,
+            ))
+        })
+        .transpose()
+    }
+
+    pub(super) async fn link_identity(&self, issuer: &str, subject: &str, user: UserId) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "INSERT INTO external_identities (issuer, subject, user_id, created_at) VALUES ($1, $2, $3::uuid, $4)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(issuer)
+        .bind(subject)
+        .bind(user.0.to_string())
+        .bind(micros(handoff_core::now()))
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub(super) async fn tokens_with_hashes(&self, user: UserId) -> StoreResult<Vec<NewApiToken>> {
+        let sql = format!("SELECT {TOKEN_COLUMNS}, t.hash AS t_hash FROM api_tokens t WHERE t.user_id = $1::uuid");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(user.0.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
+        rows.iter()
+            .map(|row| {
+                let hash: Vec<u8> = row.try_get("t_hash").map_err(store_error)?;
+                Ok(NewApiToken {
+                    record: token_from_row(row)?,
+                    hash: hash
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt("token hash length".into()))?,
+                })
+            })
+            .collect()
+    }
+
+    pub(super) async fn insert_exported_token(&self, token: &NewApiToken) -> StoreResult<bool> {
+        let r = &token.record;
+        let done = sqlx::query(
+            "INSERT INTO api_tokens (id, user_id, name, hash, scope, created_at, expires_at, last_used_at)
+             VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(r.id.to_string())
+        .bind(r.user.0.to_string())
+        .bind(&r.name)
+        .bind(&token.hash[..])
+        .bind(r.scope.as_str())
+        .bind(micros(r.created_at))
+        .bind(micros(r.expires_at))
+        .bind(r.last_used_at.map(micros))
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(done.rows_affected() == 1)
     }
 }

@@ -610,3 +610,51 @@ async fn misconfigured_providers_stop_the_start() {
         assert!(result.is_err(), "accepted {providers:?}");
     }
 }
+
+#[tokio::test]
+async fn migrate_storage_keeps_external_identities_and_api_tokens() {
+    let idp = FakeIdp::start(None, &["rsa-a"]).await;
+    let mut app = cognito_app(&idp).await;
+    let token = sign_with("rsa-a", rs256("rsa-a"), &cognito_access("sub-mig", "miguel"));
+    let me = me_ok(&app, &token).await;
+    let file = app.upload_ok(&token, "kept.txt", b"kept".to_vec()).await;
+    let created: Value = app
+        .client
+        .post(app.url("/auth/tokens"))
+        .bearer_auth(&token)
+        .json(&json!({ "name": "script", "scope": "read_only" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let api_token = created["token"].as_str().unwrap().to_owned();
+    app.stop().await;
+
+    let target = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}", target.path().join("moved.db").display());
+    let storage = format!("file://{}", target.path().join("storage").display());
+    let stores = handoff_server::migrate::Stores::open(&app.config, &database, &storage)
+        .await
+        .unwrap();
+    stores.migrate(&mut |_| {}).await.unwrap();
+    drop(stores);
+
+    let config = cognito_config(&idp);
+    let moved = TestApp::spawn_with(move |c| {
+        c.database_url = Some(database);
+        c.storage_url = Some(storage);
+        c.auth.oidc = vec![config];
+    })
+    .await;
+    let again = me_ok(&moved, &token).await;
+    assert_eq!(
+        again["id"], me["id"],
+        "the provider's user got a new account on the target"
+    );
+    assert_eq!(again["username"], "cognito:miguel");
+    let download = moved.content(&api_token, file["key"].as_str().unwrap()).await;
+    assert_eq!(download.status(), StatusCode::OK);
+    assert_eq!(download.bytes().await.unwrap().as_ref(), b"kept");
+}
