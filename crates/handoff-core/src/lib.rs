@@ -4,6 +4,7 @@
 //!
 //! This crate knows nothing of HTTP, SQL or any cloud SDK: adapters translate to and from these types.
 
+pub mod identity;
 pub mod ids;
 pub mod model;
 pub mod names;
@@ -11,6 +12,7 @@ pub mod policy;
 pub mod ports;
 pub mod sharing;
 
+pub use identity::{ApiTokenRecord, ApiTokenScope, IdentityStore, NewApiToken, NewExternalUser};
 pub use ids::{AuditId, BlobId, FileKey, LinkToken, RefreshTokenSecret, ShareId, TeamId, UploadLinkId, UserId};
 pub use model::{
     FileCursor, FilePage, FilePatch, FileRecord, NewRefreshToken, NewUser, RefreshOutcome, SigningKeyRecord, User,

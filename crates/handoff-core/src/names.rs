@@ -21,6 +21,11 @@ pub enum NameError {
 }
 
 /// An account name. Case-insensitive: stored and compared in lower case.
+///
+/// Two namespaces that can never collide: local names (`alice`, what sign-up accepts, see [`Username::parse_local`])
+/// and external names (`cognito:alice`: the label of a trusted identity provider, a colon, then a name derived
+/// from the provider's claims, see [`Username::external`]). A local name never contains `:`, so a user of an
+/// external provider can never be mistaken for, or take over, a local account of the same name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
 pub struct Username(String);
@@ -28,19 +33,69 @@ pub struct Username(String);
 impl Username {
     pub const MIN_CHARS: usize = 3;
     pub const MAX_CHARS: usize = 32;
+    /// Longest provider label in an external name.
+    pub const MAX_LABEL_CHARS: usize = 16;
 
+    /// Any account name, local or external: what lookups by name (sign-in, team membership, ...) accept.
+    /// Accounts are only ever *created* from [`Username::parse_local`] (sign-up) or [`Username::external`].
     pub fn parse(raw: &str) -> Result<Self, NameError> {
         let name = raw.to_ascii_lowercase();
-        let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-');
-        let first_ok = name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-        if (Self::MIN_CHARS..=Self::MAX_CHARS).contains(&name.len()) && first_ok && name.chars().all(allowed) {
+        match name.split_once(':') {
+            None if is_local_name(&name) => Ok(Self(name)),
+            Some((label, local)) if is_label(label) && is_external_local_part(local) => Ok(Self(name)),
+            _ => Err(NameError::InvalidUsername),
+        }
+    }
+
+    /// A name a local sign-up may register: never one of the external namespace.
+    pub fn parse_local(raw: &str) -> Result<Self, NameError> {
+        let name = raw.to_ascii_lowercase();
+        if is_local_name(&name) {
             Ok(Self(name))
         } else {
             Err(NameError::InvalidUsername)
         }
+    }
+
+    /// Whether the provider label `label` is usable in external names: 1–16 of a–z, 0–9 and `-`, starting with
+    /// a letter or digit.
+    pub fn is_valid_label(label: &str) -> bool {
+        is_label(label)
+    }
+
+    /// The external name `label:name` for a provider's user, `name` derived from `preferred` (any text from the
+    /// provider's claims): lower-cased, characters outside a–z, 0–9, `.`, `_`, `-` replaced by `-`, leading
+    /// punctuation dropped, cut to fit, with `suffix` (`-2`, `-7f3a`, ...) appended when given so a taken name
+    /// can be made unique. `None` when `label` is not a valid label.
+    pub fn external(label: &str, preferred: &str, suffix: Option<&str>) -> Option<Self> {
+        if !is_label(label) {
+            return None;
+        }
+        let suffix = suffix.unwrap_or("");
+        let mut local: String = preferred
+            .chars()
+            .map(|c| c.to_ascii_lowercase())
+            .map(|c| {
+                if c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .skip_while(|c| !c.is_ascii_alphanumeric())
+            .collect();
+        local.truncate(Self::MAX_CHARS.saturating_sub(suffix.len()));
+        if local.is_empty() {
+            local.push_str("user");
+        }
+        local.push_str(suffix);
+        let name = format!("{label}:{local}");
+        is_external_local_part(&local).then_some(Self(name))
+    }
+
+    /// Whether this is an external provider's user (`label:name`).
+    pub fn is_external(&self) -> bool {
+        self.0.contains(':')
     }
 
     /// For values read back from our own store, which only ever holds parsed names.
@@ -57,6 +112,33 @@ impl fmt::Display for Username {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+fn is_local_name(name: &str) -> bool {
+    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-');
+    let first_ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    (Username::MIN_CHARS..=Username::MAX_CHARS).contains(&name.len()) && first_ok && name.chars().all(allowed)
+}
+
+fn is_label(label: &str) -> bool {
+    (1..=Username::MAX_LABEL_CHARS).contains(&label.len())
+        && label.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && label
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// The part after the colon of an external name: like a local name, but one character is enough (a provider's
+/// user may well be called `x`).
+fn is_external_local_part(local: &str) -> bool {
+    (1..=Username::MAX_CHARS).contains(&local.len())
+        && local.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && local
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
 }
 
 /// A password as typed. Bounded above so that hashing cost is bounded; never printed.
@@ -150,6 +232,31 @@ mod tests {
     fn usernames_fold_case_and_follow_the_documented_rules() {
         assert_eq!(Username::parse("Alice_01").map(|u| u.0), Ok("alice_01".into()));
         for bad in ["al", "_alice", "alice bob", "ålice", "a/b", "", &"a".repeat(33)] {
+            assert!(Username::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn external_names_live_in_their_own_namespace() {
+        let name = Username::external("cognito", "Alice Smith", None).expect("valid");
+        assert_eq!(name.as_str(), "cognito:alice-smith");
+        assert!(name.is_external());
+        assert_eq!(Username::parse("Cognito:Alice-Smith"), Ok(name.clone()));
+        assert!(Username::parse_local("cognito:alice-smith").is_err());
+        assert!(Username::parse_local("alice").is_ok_and(|u| !u.is_external()));
+        assert_eq!(
+            Username::external("kc", "__bob@example.com", Some("-2")).map(|u| u.0),
+            Some("kc:bob-example.com-2".into())
+        );
+        assert_eq!(Username::external("kc", "", None).map(|u| u.0), Some("kc:user".into()));
+        assert_eq!(Username::external("kc", "ñ", None).map(|u| u.0), Some("kc:user".into()));
+        let long = Username::external("kc", &"x".repeat(100), Some("-abcdef")).expect("valid");
+        assert_eq!(long.as_str().len(), "kc:".len() + Username::MAX_CHARS);
+        assert!(long.as_str().ends_with("-abcdef"));
+        for bad_label in ["", "Cognito", "-x", "a:b", &"a".repeat(17)] {
+            assert!(Username::external(bad_label, "alice", None).is_none(), "{bad_label:?}");
+        }
+        for bad in ["a:b:c", ":alice", "cognito:", "cognito:-x", "c o:x"] {
             assert!(Username::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -60,7 +60,9 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Everything the service remembers except file bytes.
 #[async_trait]
-pub trait MetadataStore: CollaborationStore + Send + Sync + std::fmt::Debug {
+pub trait MetadataStore:
+    CollaborationStore + crate::identity::IdentityStore + Send + Sync + std::fmt::Debug
+{
     /// Cheap round trip, for readiness.
     async fn ping(&self) -> StoreResult<()>;
 

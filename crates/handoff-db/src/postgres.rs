@@ -27,6 +27,8 @@ use uuid::Uuid;
 
 use crate::{ConnectError, from_micros, micros, store_error};
 
+mod identity;
+
 /// Connections per node. PostgreSQL's default `max_connections` is 100, so a handful of nodes fit.
 const MAX_CONNECTIONS: u32 = 16;
 /// How long a query waits for a connection (and `open` for the server) before reporting `Unavailable`.
@@ -51,6 +53,13 @@ fn migrator() -> Migrator {
             Cow::Borrowed("sharing"),
             MigrationType::Simple,
             include_str!("../migrations/postgres/0002_sharing.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            4,
+            Cow::Borrowed("identity"),
+            MigrationType::Simple,
+            include_str!("../migrations/postgres/0004_identity.sql").into_sql_str(),
             false,
         ),
     ];

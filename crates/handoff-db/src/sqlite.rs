@@ -21,6 +21,8 @@ use uuid::Uuid;
 
 use crate::{ConnectError, from_micros, micros, store_error};
 
+mod identity;
+
 fn migrator() -> Migrator {
     let migrations = vec![
         Migration::new(
@@ -35,6 +37,13 @@ fn migrator() -> Migrator {
             Cow::Borrowed("sharing"),
             MigrationType::Simple,
             include_str!("../migrations/sqlite/0002_sharing.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            4,
+            Cow::Borrowed("identity"),
+            MigrationType::Simple,
+            include_str!("../migrations/sqlite/0004_identity.sql").into_sql_str(),
             false,
         ),
     ];

@@ -8,6 +8,9 @@ use std::time::Duration;
 use handoff_core::Visibility;
 use serde::{Deserialize, Serialize};
 
+mod identity;
+pub use identity::{ApiTokensConfig, OidcProviderConfig, TokenUse};
+
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -144,6 +147,12 @@ pub struct AuthConfig {
     pub password_hash_concurrency: usize,
     /// Usernames that are server admins (besides the first account ever created).
     pub admins: Vec<String>,
+    /// Whether accounts with a password (sign-up, sign-in) exist at all. Off when an external provider is the
+    /// only source of identity.
+    pub builtin_accounts: bool,
+    /// Trusted OpenID Connect issuers (`[[auth.oidc]]`), whose tokens are accepted like ours.
+    pub oidc: Vec<OidcProviderConfig>,
+    pub api_tokens: ApiTokensConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -205,6 +214,9 @@ impl Default for AuthConfig {
             signing_key_activation_secs: 90,
             password_hash_concurrency: std::thread::available_parallelism().map_or(2, usize::from),
             admins: Vec::new(),
+            builtin_accounts: true,
+            oidc: Vec::new(),
+            api_tokens: ApiTokensConfig::default(),
         }
     }
 }

@@ -5,12 +5,15 @@
 //! flags and creation times preserved, so everyone signs in with the same password), then files. Each file's
 //! bytes stream from the source blob store into a new blob of the target (whose writer chooses the id), are
 //! hashed on the way and checked against the row's SHA-256 before the blob is committed; only then is the row
-//! inserted, pointing at the new blob. Refresh tokens are not copied: users sign in again.
+//! inserted, pointing at the new blob. External identity links and API tokens follow their accounts
+//! (`migrate/identity.rs`). Refresh tokens are not copied: users sign in again.
 //!
 //! Idempotent and resumable: signing keys whose kid, accounts whose id and files whose key already exist in the
 //! target are skipped, so an interrupted run is simply started again. A run cut short between a blob's commit and
 //! its row's insert leaves an unreferenced blob in the target, which the target's collector removes after its
 //! grace period.
+
+mod identity;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -173,6 +176,7 @@ impl Stores {
             skipped: summary.signing_keys_skipped,
         });
         self.copy_users(&mut summary).await?;
+        self.copy_identities_and_api_tokens().await?;
         progress(Progress::Users {
             copied: summary.users_copied,
             skipped: summary.users_skipped,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use handoff_core::{BlobStore, MetadataStore};
 
 use crate::audit::AuditLog;
+use crate::auth::oidc::{OidcConfigError, OidcProviders};
 use crate::auth::password::Passwords;
 use crate::auth::tokens::TokenService;
 use crate::config::Config;
@@ -22,6 +23,8 @@ pub struct Inner {
     pub tokens: TokenService,
     pub passwords: Passwords,
     pub audit: AuditLog,
+    /// Trusted external identity providers (`auth.oidc`).
+    pub oidc: OidcProviders,
 }
 
 impl Deref for AppState {
@@ -45,6 +48,8 @@ pub enum StartError {
     Admins(#[source] handoff_core::StoreError),
     #[error("could not prepare password hashing: {0:?}")]
     Passwords(crate::error::ApiError),
+    #[error(transparent)]
+    Oidc(#[from] OidcConfigError),
 }
 
 /// Opens the metadata store named by `config` (applying migrations), creating the default data directory first.
@@ -84,6 +89,7 @@ impl AppState {
         )
         .await
         .map_err(StartError::Keys)?;
+        let oidc = OidcProviders::new(&config.auth.oidc, &config.auth.issuer)?;
         let passwords = Passwords::new(config.auth.password_hash_concurrency)
             .await
             .map_err(StartError::Passwords)?;
@@ -98,6 +104,7 @@ impl AppState {
             tokens,
             passwords,
             audit,
+            oidc,
         })))
     }
 }

@@ -637,3 +637,52 @@ async fn file_size_limit_from_the_environment() {
     stored.insert(record["key"].as_str().expect("key").to_owned(), at_limit);
     assert_files_intact(&dave, &stored).await;
 }
+
+/// External identity from the TOML file: a list of `[[auth.oidc]]` issuers (the README's Cognito example) with
+/// their defaults, and `auth.builtin_accounts` from the environment.
+#[test]
+fn config_reads_oidc_issuers_from_the_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("handoff.toml");
+    std::fs::write(
+        &file,
+        r#"
+[[auth.oidc]]
+name = "cognito"
+issuer = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbCdEf123"
+audiences = ["1example23456789"]
+username_claim = "username"
+groups_claim = "cognito:groups"
+admin_group = "handoff-admins"
+
+[[auth.oidc]]
+name = "keycloak"
+issuer = "https://sso.example.com/realms/staff"
+audiences = ["handoff"]
+token_use = "id"
+algorithms = ["RS256", "ES256"]
+"#,
+    )
+    .expect("writing the config file");
+    let file_arg = file.to_str().expect("utf-8 path");
+    let shown = effective_config(&["--config", file_arg], &[("HANDOFF_AUTH__BUILTIN_ACCOUNTS", "false")]);
+    let auth = &shown["auth"];
+    assert_eq!(auth["builtin_accounts"].as_bool(), Some(false));
+    let oidc = auth["oidc"].as_array().expect("auth.oidc is a list");
+    assert_eq!(oidc.len(), 2);
+    assert_eq!(oidc[0]["name"].as_str(), Some("cognito"));
+    assert_eq!(oidc[0]["token_use"].as_str(), Some("access"));
+    assert_eq!(oidc[0]["provision"].as_bool(), Some(true));
+    assert_eq!(oidc[0]["jwks_min_refresh_secs"].as_integer(), Some(60));
+    assert_eq!(oidc[1]["token_use"].as_str(), Some("id"));
+    assert_eq!(oidc[1]["algorithms"].as_array().map(Vec::len), Some(2));
+
+    // A typo inside an issuer is refused like any unknown key.
+    std::fs::write(
+        &file,
+        "[[auth.oidc]]\nname = \"x\"\nissuer = \"https://x.example\"\naudiences = [\"a\"]\naudience = \"a\"\n",
+    )
+    .expect("writing the config file");
+    let output = config_output(&["--config", file_arg], &[]);
+    assert!(!output.status.success(), "an unknown key in [[auth.oidc]] was accepted");
+}

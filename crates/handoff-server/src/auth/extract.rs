@@ -1,10 +1,12 @@
-//! The `AuthUser` extractor: a handler that takes one only runs for a valid, current, enabled account.
+//! The `AuthUser` extractor: a handler that takes one only runs for a valid, current, enabled account, and only
+//! if the credential's scope allows the request (API tokens may be restricted; see `api_tokens::permits`).
 
 use axum::extract::FromRequestParts;
-use axum::http::header;
 use axum::http::request::Parts;
-use handoff_core::User;
+use axum::http::{HeaderValue, StatusCode, header};
+use handoff_core::{ApiTokenScope, User};
 
+use super::api_tokens;
 use super::tokens::TokenError;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -39,6 +41,9 @@ fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
+    /// Three kinds of bearer token, told apart without trusting them: API tokens by their prefix, external
+    /// providers' tokens by their `iss` (exactly one configured provider verifies each), and everything else by
+    /// our own token service, which accepts only our issuer.
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = bearer(parts)?.ok_or_else(|| {
             ApiError::unauthorized(
@@ -48,15 +53,47 @@ impl FromRequestParts<AppState> for AuthUser {
             )
         })?;
         let invalid = || ApiError::unauthorized("invalid_token", TokenError::Invalid.to_string(), true);
-        let user_id = state.tokens.verify(token).await.map_err(|e| match e {
-            TokenError::Invalid => invalid(),
-            TokenError::Store(e) => e.into(),
-        })?;
-        // Looked up on every request so that a disabled or deleted account stops working at once.
-        let user = state.meta.user_by_id(user_id).await?;
-        match user {
-            Some(user) if !user.disabled => Ok(Self(user)),
-            _ => Err(invalid()),
+        let (user, scope) = if token.starts_with(api_tokens::PREFIX) {
+            let (user, scope) = api_tokens::authenticate(state, token).await?;
+            (Some(user), scope)
+        } else if let Some(provider) = state.oidc.route(token) {
+            (
+                Some(provider.authenticate(state.meta.as_ref(), token).await?),
+                ApiTokenScope::Full,
+            )
+        } else {
+            let user_id = state.tokens.verify(token).await.map_err(|e| match e {
+                TokenError::Invalid => invalid(),
+                TokenError::Store(e) => e.into(),
+            })?;
+            // Looked up on every request so that a disabled or deleted account stops working at once.
+            (state.meta.user_by_id(user_id).await?, ApiTokenScope::Full)
+        };
+        let user = match user {
+            Some(user) if !user.disabled => user,
+            _ => return Err(invalid()),
+        };
+        if !state.config.auth.builtin_accounts && !user.username.is_external() {
+            return Err(ApiError::unauthorized(
+                "builtin_accounts_disabled",
+                "built-in accounts are turned off on this server: sign in with its identity provider",
+                true,
+            ));
         }
+        if !api_tokens::permits(scope, &parts.method, parts.uri.path()) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                format!(
+                    "this API token's scope ({}) does not allow this request",
+                    scope.as_str()
+                ),
+            )
+            .with_header(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Bearer realm="handoff", error="insufficient_scope""#),
+            ));
+        }
+        Ok(Self(user))
     }
 }

@@ -1,7 +1,11 @@
 //! Built-in accounts: sign-up, sign-in, refresh-token rotation, sign-out, the current account, and the JWKS
-//! document that lets anyone verify our access tokens.
+//! document that lets anyone verify our access tokens. External providers' tokens (`oidc`, `jwks`) and API
+//! tokens (`api_tokens`) are accepted by the same `AuthUser` extractor (`extract`).
 
+pub mod api_tokens;
 pub mod extract;
+pub mod jwks;
+pub mod oidc;
 pub mod password;
 pub mod tokens;
 
@@ -32,6 +36,20 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(signout))
         .routes(routes!(me))
         .routes(routes!(jwks))
+        .merge(api_tokens::routes())
+}
+
+/// Sign-up, sign-in and refresh answer this when `auth.builtin_accounts` is off.
+fn builtin_accounts_enabled(state: &AppState) -> ApiResult<()> {
+    if state.config.auth.builtin_accounts {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "builtin_accounts_disabled",
+            "built-in accounts are turned off on this server: sign in with its identity provider",
+        ))
+    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -195,10 +213,11 @@ fn refresh_expiry(ttl_secs: u64) -> OffsetDateTime {
     responses(
         (status = 201, description = "Account created", body = UserView),
         (status = 400, description = "Invalid username, password or email", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Sign-up is disabled", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Sign-up or built-in accounts are disabled", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Username taken", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn signup(State(state): State<AppState>, ApiJson(req): ApiJson<SignupRequest>) -> ApiResult<impl IntoResponse> {
+    builtin_accounts_enabled(&state)?;
     if !state.config.auth.signup_enabled {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -206,7 +225,8 @@ async fn signup(State(state): State<AppState>, ApiJson(req): ApiJson<SignupReque
             "sign-up is disabled on this server",
         ));
     }
-    let username = Username::parse(&req.username)?;
+    // Never a name of an external provider's namespace (`cognito:alice`).
+    let username = Username::parse_local(&req.username)?;
     let password = Password::parse(&req.password)?;
     let email = parse_email(req.email)?;
     let password_hash = state.passwords.hash(&password).await?;
@@ -246,8 +266,10 @@ async fn signup(State(state): State<AppState>, ApiJson(req): ApiJson<SignupReque
     responses(
         (status = 200, description = "Signed in", body = TokenResponse),
         (status = 401, description = "Unknown username or wrong password", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Built-in accounts are disabled", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn signin(State(state): State<AppState>, ApiJson(req): ApiJson<SigninRequest>) -> ApiResult<Json<TokenResponse>> {
+    builtin_accounts_enabled(&state)?;
     let user = match Username::parse(&req.username) {
         Ok(username) => state.meta.user_by_username(&username).await?,
         Err(_) => None,
@@ -277,6 +299,7 @@ async fn refresh(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<RefreshRequest>,
 ) -> ApiResult<Json<TokenResponse>> {
+    builtin_accounts_enabled(&state)?;
     let invalid = || {
         ApiError::unauthorized(
             "invalid_refresh_token",

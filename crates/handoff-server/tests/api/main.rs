@@ -3,10 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod api_tokens;
 mod auth;
 mod backends;
 mod files;
 mod helpers;
+mod oidc;
+mod oidc_provider;
 mod openapi;
 mod ranges;
 mod tokens;
