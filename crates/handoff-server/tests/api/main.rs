@@ -3,10 +3,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin_audit;
 mod auth;
 mod backends;
 mod files;
 mod helpers;
+mod mass_assignment;
 mod openapi;
+mod quotas;
 mod ranges;
+mod retention;
+mod shares;
+mod teams;
 mod tokens;
+mod upload_links;
