@@ -69,34 +69,34 @@ pub fn file_access(actor: Actor<'_>, file: &FileRecord, action: FileAction) -> A
     if user.disabled {
         return Hidden;
     }
-    match (file.team, team_role) {
+    let by_relation = match (file.team, team_role) {
         // A personal file: its owner may do everything.
-        (None, _) if file.owner == user.id => return Allowed,
+        (None, _) if file.owner == user.id => Allowed,
         // A team file: rights come from the role alone (an uploader who left the team keeps nothing).
-        (Some(_), Some(role)) => {
-            return match role {
-                TeamRole::Owner | TeamRole::Admin => Allowed,
-                TeamRole::Member => match action {
-                    Modify | Delete if file.owner != user.id => Forbidden,
-                    _ => Allowed,
-                },
-                TeamRole::Viewer => match action {
-                    ReadMetadata | Download | List => Allowed,
-                    Modify | Delete | Share => Forbidden,
-                },
-            };
-        }
-        _ => {}
-    }
-    // Server admins moderate: they see and delete anything, but reading private bytes is not theirs to do.
-    if user.is_admin && matches!(action, ReadMetadata | List | Delete) {
+        (Some(_), Some(role)) => match role {
+            TeamRole::Owner | TeamRole::Admin => Allowed,
+            TeamRole::Member => match action {
+                Modify | Delete if file.owner != user.id => Forbidden,
+                _ => Allowed,
+            },
+            TeamRole::Viewer => match action {
+                ReadMetadata | Download | List => Allowed,
+                Modify | Delete | Share => Forbidden,
+            },
+        },
+        // Anyone else: what the file's visibility grants a signed-in key holder.
+        _ => match (file.visibility, action) {
+            (Visibility::Key, ReadMetadata | Download) => Allowed,
+            (Visibility::Key, Modify | Delete | Share) => Forbidden,
+            (Visibility::Key, List) | (Visibility::Private, _) => Hidden,
+        },
+    };
+    // Server admins moderate on top of whatever else they are: they see, list and delete anything, but reading
+    // private bytes is not theirs to do.
+    if by_relation != Allowed && user.is_admin && matches!(action, ReadMetadata | List | Delete) {
         return Allowed;
     }
-    match (file.visibility, action) {
-        (Visibility::Key, ReadMetadata | Download) => Allowed,
-        (Visibility::Key, Modify | Delete | Share) => Forbidden,
-        (Visibility::Key, List) | (Visibility::Private, _) => Hidden,
-    }
+    by_relation
 }
 
 #[cfg(test)]
@@ -238,6 +238,13 @@ mod tests {
             ("server admin", as_user(admin, None), &others_private, "A H H A H A"),
             ("server admin", as_user(admin, None), &others_key, "A A F A F A"),
             ("server admin", as_user(admin, None), &team_file_by_other, "A H H A H A"),
+            // A server admin who is only a viewer in the team still moderates its files.
+            (
+                "server admin as viewer",
+                as_user(admin, Some(TeamRole::Viewer)),
+                &team_file_by_other,
+                "A A F A F A",
+            ),
             // A disabled account loses everything, even its own files.
             ("disabled owner", as_user(disabled, None), &own_private, "H H H H H H"),
             ("disabled owner", as_user(disabled, None), &others_key, "H H H H H H"),

@@ -60,9 +60,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Everything the service remembers except file bytes.
 #[async_trait]
-pub trait MetadataStore:
-    CollaborationStore + crate::identity::IdentityStore + Send + Sync + std::fmt::Debug
-{
+pub trait MetadataStore: CollaborationStore + crate::identity::IdentityStore + Send + Sync + std::fmt::Debug {
     /// Cheap round trip, for readiness.
     async fn ping(&self) -> StoreResult<()>;
 
@@ -177,6 +175,15 @@ pub trait CollaborationStore: Send + Sync {
 
     /// Stores a share link; only the SHA-256 of its token is kept.
     async fn create_share(&self, share: &Share, token_hash: &[u8; 32]) -> StoreResult<()>;
+    /// Stores a share link unless its owner already holds `max_live` live links (share and upload links that are
+    /// not revoked, expired or used up); the count and the insert are one transaction, locked per owner.
+    async fn create_share_within(
+        &self,
+        share: &Share,
+        token_hash: &[u8; 32],
+        max_live: u64,
+        now: OffsetDateTime,
+    ) -> StoreResult<bool>;
     async fn share(&self, id: ShareId) -> StoreResult<Option<Share>>;
     async fn share_by_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<Share>>;
     /// The user's share links, newest first.
@@ -202,6 +209,14 @@ pub trait CollaborationStore: Send + Sync {
     async fn prune_shares(&self, before: OffsetDateTime) -> StoreResult<u64>;
 
     async fn create_upload_link(&self, link: &UploadLink, token_hash: &[u8; 32]) -> StoreResult<()>;
+    /// As [`CollaborationStore::create_share_within`], for an upload link.
+    async fn create_upload_link_within(
+        &self,
+        link: &UploadLink,
+        token_hash: &[u8; 32],
+        max_live: u64,
+        now: OffsetDateTime,
+    ) -> StoreResult<bool>;
     async fn upload_link(&self, id: UploadLinkId) -> StoreResult<Option<UploadLink>>;
     async fn upload_link_by_token(&self, token_hash: &[u8; 32]) -> StoreResult<Option<UploadLink>>;
     /// Links the user made, newest first.

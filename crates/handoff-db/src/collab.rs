@@ -588,7 +588,21 @@ macro_rules! collaboration_store {
                 }
 
                 async fn create_share(&self, share: &Share, token_hash: &[u8; 32]) -> StoreResult<()> {
+                    self.create_share_within(share, token_hash, u64::MAX, share.created_at).await.map(|_| ())
+                }
+
+                async fn create_share_within(
+                    &self,
+                    share: &Share,
+                    token_hash: &[u8; 32],
+                    max_live: u64,
+                    now: OffsetDateTime,
+                ) -> StoreResult<bool> {
+                    let owner = share.owner;
                     let mut tx = self.begin_write().await.map_err(store_error)?;
+                    if max_live < u64::MAX && self.live_links(&mut tx, owner, now).await? >= max_live {
+                        return Ok(false);
+                    }
                     sqlx::query(q(
                         "INSERT INTO shares (id, token_hash, owner_id, note, password_hash, expires_at, max_downloads,
                              downloads, revoked, created_at, updated_at)
@@ -617,7 +631,8 @@ macro_rules! collaboration_store {
                         .await
                         .map_err(store_error)?;
                     }
-                    tx.commit().await.map_err(store_error)
+                    tx.commit().await.map_err(store_error)?;
+                    Ok(true)
                 }
 
                 async fn share(&self, id: ShareId) -> StoreResult<Option<Share>> {
@@ -757,6 +772,21 @@ macro_rules! collaboration_store {
                 }
 
                 async fn create_upload_link(&self, link: &UploadLink, token_hash: &[u8; 32]) -> StoreResult<()> {
+                    self.create_upload_link_within(link, token_hash, u64::MAX, link.created_at).await.map(|_| ())
+                }
+
+                async fn create_upload_link_within(
+                    &self,
+                    link: &UploadLink,
+                    token_hash: &[u8; 32],
+                    max_live: u64,
+                    now: OffsetDateTime,
+                ) -> StoreResult<bool> {
+                    let owner = link.owner;
+                    let mut tx = self.begin_write().await.map_err(store_error)?;
+                    if max_live < u64::MAX && self.live_links(&mut tx, owner, now).await? >= max_live {
+                        return Ok(false);
+                    }
                     sqlx::query(q(
                         "INSERT INTO upload_links (id, token_hash, owner_id, team_id, note, password_hash, expires_at,
                              max_files, max_bytes, files_received, bytes_received, revoked, created_at)
@@ -773,10 +803,11 @@ macro_rules! collaboration_store {
                     .bind(opt_u64(link.max_files))
                     .bind(opt_u64(link.max_bytes))
                     .bind(micros(link.created_at))
-                    .execute(self.write())
+                    .execute(&mut *tx)
                     .await
                     .map_err(store_error)?;
-                    Ok(())
+                    tx.commit().await.map_err(store_error)?;
+                    Ok(true)
                 }
 
                 async fn upload_link(&self, id: UploadLinkId) -> StoreResult<Option<UploadLink>> {
@@ -898,6 +929,39 @@ macro_rules! collaboration_store {
             }
 
             impl $store {
+                /// The owner's live share and upload links, counted under a lock on the owner's row so that two
+                /// concurrent creations cannot both pass a limit.
+                async fn live_links(
+                    &self,
+                    tx: &mut sqlx::Transaction<'static, $db>,
+                    owner: UserId,
+                    now: OffsetDateTime,
+                ) -> StoreResult<u64> {
+                    sqlx::query(q("SELECT CAST(id AS TEXT) AS id FROM users WHERE id = CAST($1 AS {uuid}) {for_update}"))
+                        .bind(owner.0.to_string())
+                        .fetch_optional(&mut **tx)
+                        .await
+                        .map_err(store_error)?;
+                    let row = sqlx::query(q(
+                        "SELECT
+                             (SELECT COUNT(*) FROM shares WHERE owner_id = CAST($1 AS {uuid}) AND NOT revoked
+                                 AND (expires_at IS NULL OR expires_at > $2)
+                                 AND (max_downloads IS NULL OR downloads < max_downloads)) AS shares,
+                             (SELECT COUNT(*) FROM upload_links WHERE owner_id = CAST($1 AS {uuid}) AND NOT revoked
+                                 AND (expires_at IS NULL OR expires_at > $2)
+                                 AND (max_files IS NULL OR files_received < max_files)
+                                 AND (max_bytes IS NULL OR bytes_received < max_bytes)) AS uploads",
+                    ))
+                    .bind(owner.0.to_string())
+                    .bind(micros(now))
+                    .fetch_one(&mut **tx)
+                    .await
+                    .map_err(store_error)?;
+                    let shares: i64 = get(&row, "shares")?;
+                    let uploads: i64 = get(&row, "uploads")?;
+                    Ok(to_u64(shares, "live shares")? + to_u64(uploads, "live upload links")?)
+                }
+
                 /// Sets a member's role (`Some`) or removes them (`None`), refusing to leave the team without an
                 /// owner. The team row is locked first, so two owners demoting each other cannot both succeed.
                 async fn change_membership(

@@ -135,9 +135,10 @@ impl Event {
         self.with("actor", user.username.as_str())
     }
 
-    /// The event concerns `file`: its owner and team see it.
+    /// The event concerns `file`: the owner of a personal file sees it; for a team file, the team's owners and
+    /// admins do (not its uploader, who may leave the team).
     pub fn on_file(mut self, file: &FileRecord) -> Self {
-        self.0.owner = Some(file.owner);
+        self.0.owner = if file.team.is_none() { Some(file.owner) } else { None };
         self.0.team = file.team;
         self.0.file = Some(file.key.clone());
         self.with("file_name", file.name.as_str())

@@ -123,7 +123,7 @@ fn link_expiry(expires_at: Option<&str>, expires_in: Option<u64>) -> ApiResult<O
             ));
         }
         (Some(raw), None) => Some(parse_time(raw)?),
-        (None, Some(secs)) => Some(now + time::Duration::seconds(i64::try_from(secs.min(1 << 40)).unwrap_or(1 << 40))),
+        (None, Some(secs)) => Some(crate::files::after_seconds(now, secs)?),
         (None, None) => None,
     };
     match at {
@@ -317,24 +317,15 @@ async fn my_share(state: &AppState, user: &User, raw_id: &str) -> ApiResult<Shar
         .ok_or_else(share_not_found)
 }
 
-/// Refuses a new link when the user already holds the maximum of live ones (revoked, expired and used-up links do
-/// not count).
-async fn links_held(state: &AppState, user: &User) -> ApiResult<()> {
-    let now = handoff_core::now();
-    let shares = state.meta.shares_of(user.id).await?;
-    let uploads = state.meta.upload_links_of(user.id).await?;
-    let held = shares.iter().filter(|s| s.is_live(now)).count() + uploads.iter().filter(|l| l.is_live(now)).count();
-    if held >= state.config.sharing.max_links_per_user {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "too_many_links",
-            format!(
-                "at most {} links per user: revoke some first",
-                state.config.sharing.max_links_per_user
-            ),
-        ));
-    }
-    Ok(())
+fn too_many_links(state: &AppState) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "too_many_links",
+        format!(
+            "at most {} live links per user: revoke some first",
+            state.config.sharing.max_links_per_user
+        ),
+    )
 }
 
 /// Create a share link for one or more files.
@@ -368,7 +359,6 @@ async fn create_share(
         check_file(&state, &user, &file, FileAction::Share).await?;
         keys.push(key);
     }
-    links_held(&state, &user).await?;
     let now = handoff_core::now();
     let share = Share {
         id: ShareId::generate(),
@@ -384,15 +374,24 @@ async fn create_share(
         updated_at: now,
     };
     let token = LinkToken::generate();
-    state.meta.create_share(&share, &hash(token.expose())).await?;
+    let max_live = state.config.sharing.max_links_per_user as u64;
+    if !state
+        .meta
+        .create_share_within(&share, &hash(token.expose()), max_live, now)
+        .await?
+    {
+        return Err(too_many_links(&state));
+    }
     for key in &share.files {
         if let Some(file) = state.meta.file_by_key(key).await? {
+            // The sharer sees the events of their link, whoever owns the file.
             state
                 .audit
                 .record(
                     Event::new("share.create")
                         .by(&user)
                         .on_file(&file)
+                        .owner(user.id)
                         .with("share_id", share.id.to_string()),
                 )
                 .await;
@@ -670,6 +669,7 @@ async fn start_download(
         .record(
             Event::new("share.download")
                 .on_file(&file)
+                .owner(share.owner)
                 .with("share_id", share.id.to_string()),
         )
         .await;
@@ -817,12 +817,25 @@ async fn my_upload_link(state: &AppState, user: &User, raw_id: &str) -> ApiResul
     let id = uuid::Uuid::parse_str(raw_id)
         .map(UploadLinkId)
         .map_err(|_| upload_link_not_found())?;
-    state
+    let link = state
         .meta
         .upload_link(id)
         .await?
         .filter(|l| l.owner == user.id)
-        .ok_or_else(upload_link_not_found)
+        .ok_or_else(upload_link_not_found)?;
+    if !still_receives(state, &link, user).await? {
+        return Err(upload_link_not_found());
+    }
+    Ok(link)
+}
+
+/// A team upload link belongs to its creator only while they may still upload into the team: someone who left
+/// (or became a viewer) no longer sees it, nor what arrived through it.
+async fn still_receives(state: &AppState, link: &UploadLink, owner: &User) -> ApiResult<bool> {
+    match link.team {
+        None => Ok(true),
+        Some(team) => Ok(matches!(state.meta.role_in(team, owner.id).await?, Some(r) if r != TeamRole::Viewer)),
+    }
 }
 
 /// Create an upload link: people without an account can send files into your space (or a team's) through it.
@@ -850,7 +863,6 @@ async fn create_upload_link(
         }
         None => None,
     };
-    links_held(&state, &user).await?;
     let link = UploadLink {
         id: UploadLinkId::generate(),
         owner: user.id,
@@ -866,7 +878,14 @@ async fn create_upload_link(
         created_at: handoff_core::now(),
     };
     let token = LinkToken::generate();
-    state.meta.create_upload_link(&link, &hash(token.expose())).await?;
+    let max_live = state.config.sharing.max_links_per_user as u64;
+    if !state
+        .meta
+        .create_upload_link_within(&link, &hash(token.expose()), max_live, link.created_at)
+        .await?
+    {
+        return Err(too_many_links(&state));
+    }
     let mut event = Event::new("upload_link.create")
         .by(&user)
         .owner(user.id)
@@ -890,10 +909,13 @@ async fn create_upload_link(
 #[utoipa::path(get, path = "/upload-links", tag = "upload links", security(("bearer" = [])),
     responses((status = 200, description = "Your upload links", body = UploadLinkList)))]
 async fn list_upload_links(State(state): State<AppState>, AuthUser(user): AuthUser) -> ApiResult<Json<UploadLinkList>> {
-    let links = state.meta.upload_links_of(user.id).await?;
-    Ok(Json(UploadLinkList {
-        upload_links: links.iter().map(UploadLinkView::from).collect(),
-    }))
+    let mut upload_links = Vec::new();
+    for link in state.meta.upload_links_of(user.id).await? {
+        if still_receives(&state, &link, &user).await? {
+            upload_links.push(UploadLinkView::from(&link));
+        }
+    }
+    Ok(Json(UploadLinkList { upload_links }))
 }
 
 /// One of your upload links, with the files that arrived through it.
@@ -986,9 +1008,7 @@ async fn live_upload_link(state: &AppState, raw_token: &str) -> ApiResult<(Uploa
         .await?
         .filter(|u| !u.disabled)
         .ok_or_else(link_unavailable)?;
-    if let Some(team) = link.team
-        && !matches!(state.meta.role_in(team, owner.id).await?, Some(r) if r != TeamRole::Viewer)
-    {
+    if !still_receives(state, &link, &owner).await? {
         return Err(link_unavailable());
     }
     let account: Account = link.account();

@@ -241,9 +241,20 @@ pub fn expiry(state: &AppState, requested_secs: Option<u64>) -> ApiResult<Option
             (None, Some(max)) => Some(max),
         },
     };
-    Ok(secs.map(|secs| {
-        handoff_core::now() + time::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 2).min(1 << 40))
-    }))
+    secs.map(|secs| after_seconds(handoff_core::now(), secs)).transpose()
+}
+
+/// The longest lifetime anything may be given: a century.
+const MAX_LIFETIME_SECS: u64 = 100 * 366 * 24 * 3600;
+
+/// `now` plus `secs`, refusing lifetimes beyond any sensible date (the calendar ends in the year 9999).
+pub fn after_seconds(now: OffsetDateTime, secs: u64) -> ApiResult<OffsetDateTime> {
+    let too_far = || ApiError::bad_request("invalid_expiry", "an expiry may be at most a century away");
+    if secs > MAX_LIFETIME_SECS {
+        return Err(too_far());
+    }
+    now.checked_add(time::Duration::seconds(i64::try_from(secs).map_err(|_| too_far())?))
+        .ok_or_else(too_far)
 }
 
 pub fn team_not_found() -> ApiError {

@@ -360,3 +360,125 @@ pub async fn assert_problem(response: Response, status: StatusCode, code: &str) 
     assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
     body
 }
+
+/// Generic requests for the collaboration endpoints (shares, upload links, teams, admin, audit).
+#[allow(dead_code)]
+impl TestApp {
+    pub async fn get_as(&self, token: &str, path: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("GET request")
+    }
+
+    /// `GET` that asserts `200` and returns the JSON body.
+    pub async fn get_json(&self, token: &str, path: &str) -> Value {
+        let response = self.get_as(token, path).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "GET {path}: {:?}",
+            response.text().await
+        );
+        response.json().await.expect("json")
+    }
+
+    pub async fn post_as(&self, token: &str, path: &str, body: Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("POST request")
+    }
+
+    pub async fn patch_as(&self, token: &str, path: &str, body: Value) -> Response {
+        self.client
+            .patch(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("PATCH request")
+    }
+
+    pub async fn delete_as(&self, token: &str, path: &str) -> Response {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("DELETE request")
+    }
+
+    /// A request without an account (public link pages), optionally with a link password.
+    pub async fn public_get(&self, path: &str, password: Option<&str>) -> Response {
+        let mut request = self.client.get(self.url(path));
+        if let Some(password) = password {
+            request = request.header("x-link-password", password);
+        }
+        request.send().await.expect("public GET request")
+    }
+
+    /// `POST` asserting `expected` and returning the JSON body.
+    pub async fn post_json(&self, token: &str, path: &str, body: Value, expected: StatusCode) -> Value {
+        let response = self.post_as(token, path, body).await;
+        assert_eq!(response.status(), expected, "POST {path}: {:?}", response.text().await);
+        response.json().await.expect("json")
+    }
+
+    /// Creates a share link (asserting `201`) and returns its JSON (with `token`, `url` and `id`).
+    pub async fn share_ok(&self, token: &str, body: Value) -> Value {
+        self.post_json(token, "/shares", body, StatusCode::CREATED).await
+    }
+
+    /// Creates a team (asserting `201`) and returns its id.
+    pub async fn team_ok(&self, token: &str, name: &str) -> String {
+        let team = self
+            .post_json(token, "/teams", json!({ "name": name }), StatusCode::CREATED)
+            .await;
+        team["id"].as_str().expect("team id").to_owned()
+    }
+
+    /// Adds a member with a role (asserting `201`).
+    pub async fn add_member_ok(&self, token: &str, team: &str, username: &str, role: &str) {
+        let response = self
+            .post_as(
+                token,
+                &format!("/teams/{team}/members"),
+                json!({ "username": username, "role": role }),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED, "{:?}", response.text().await);
+    }
+
+    /// Raw-body upload with extra query parameters (`team`, `visibility`, `expires_in`).
+    pub async fn upload_with(&self, token: &str, name: &str, query: &[(&str, &str)], bytes: Vec<u8>) -> Response {
+        self.client
+            .post(self.url("/files"))
+            .query(&[("fileName", name)])
+            .query(query)
+            .bearer_auth(token)
+            .body(bytes)
+            .send()
+            .await
+            .expect("upload request")
+    }
+
+    /// The account's `usage` object from `GET /auth/me`.
+    pub async fn usage(&self, token: &str) -> Value {
+        self.get_json(token, "/auth/me").await["usage"].clone()
+    }
+
+    /// Follows a share-link download: `GET /s/{token}/files/{index}` must answer `302`; returns the grant URL.
+    pub async fn share_grant(&self, link_token: &str, index: usize, password: Option<&str>) -> String {
+        let response = self
+            .public_get(&format!("/s/{link_token}/files/{index}"), password)
+            .await;
+        assert_eq!(response.status(), StatusCode::FOUND, "{:?}", response.text().await);
+        response.headers()["location"].to_str().expect("location").to_owned()
+    }
+}

@@ -3,13 +3,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin_audit;
 mod api_tokens;
 mod auth;
 mod backends;
 mod files;
 mod helpers;
+mod mass_assignment;
 mod oidc;
 mod oidc_provider;
 mod openapi;
+mod quotas;
 mod ranges;
+mod retention;
+mod shares;
+mod teams;
 mod tokens;
+mod upload_links;
