@@ -9,6 +9,7 @@ pub mod model;
 pub mod names;
 pub mod policy;
 pub mod ports;
+pub mod uploads;
 
 pub use ids::{BlobId, FileKey, RefreshTokenSecret, UserId};
 pub use model::{
@@ -18,3 +19,6 @@ pub use model::{
 pub use names::{FileName, NameError, Password, Username};
 pub use policy::{Access, FileAction, file_access};
 pub use ports::{BlobReader, BlobStore, BlobWriter, MetadataStore, StoreError, StoreResult};
+pub use uploads::{
+    LeaseToken, ResumableBlobStore, ResumableWriter, UploadId, UploadProgress, UploadSession, UploadStore,
+};

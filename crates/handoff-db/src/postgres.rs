@@ -27,6 +27,9 @@ use uuid::Uuid;
 
 use crate::{ConnectError, from_micros, micros, store_error};
 
+#[path = "postgres_uploads.rs"]
+mod uploads;
+
 /// Connections per node. PostgreSQL's default `max_connections` is 100, so a handful of nodes fit.
 const MAX_CONNECTIONS: u32 = 16;
 /// How long a query waits for a connection (and `open` for the server) before reporting `Unavailable`.
@@ -38,13 +41,20 @@ const ROTATE_ATTEMPTS: u32 = 5;
 /// The embedded migrations. `Migrator::DEFAULT` keeps `locking: true`: on PostgreSQL the migrator holds an
 /// advisory lock while it runs, so several nodes starting at once apply each migration exactly once.
 fn migrator() -> Migrator {
-    let migrations = vec![Migration::new(
+    let mut migrations = vec![Migration::new(
         1,
         Cow::Borrowed("init"),
         MigrationType::Simple,
         include_str!("../migrations/postgres/0001_init.sql").into_sql_str(),
         false,
     )];
+    migrations.push(Migration::new(
+        3,
+        Cow::Borrowed("uploads"),
+        MigrationType::Simple,
+        include_str!("../migrations/postgres/0003_uploads.sql").into_sql_str(),
+        false,
+    ));
     Migrator {
         migrations: Cow::Owned(migrations),
         ..Migrator::DEFAULT

@@ -21,14 +21,24 @@ use uuid::Uuid;
 
 use crate::{ConnectError, from_micros, micros, store_error};
 
+#[path = "sqlite_uploads.rs"]
+mod uploads;
+
 fn migrator() -> Migrator {
-    let migrations = vec![Migration::new(
+    let mut migrations = vec![Migration::new(
         1,
         Cow::Borrowed("init"),
         MigrationType::Simple,
         include_str!("../migrations/sqlite/0001_init.sql").into_sql_str(),
         false,
     )];
+    migrations.push(Migration::new(
+        3,
+        Cow::Borrowed("uploads"),
+        MigrationType::Simple,
+        include_str!("../migrations/sqlite/0003_uploads.sql").into_sql_str(),
+        false,
+    ));
     Migrator {
         migrations: Cow::Owned(migrations),
         ..Migrator::DEFAULT

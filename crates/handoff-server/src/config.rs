@@ -26,6 +26,31 @@ pub struct Config {
     pub limits: Limits,
     pub maintenance: Maintenance,
     pub downloads: Downloads,
+    pub tus: Tus,
+}
+
+/// Resumable uploads (tus 1.0 at `/uploads`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tus {
+    /// An incomplete upload untouched for this long expires; the collector then removes its bytes. Each append
+    /// moves the expiry forward.
+    pub expiry_secs: u64,
+    /// Incomplete, unexpired uploads one user may have open at once.
+    pub max_open_per_user: u32,
+    /// How long an append holds its upload's lease between renewals (it renews every third of this while it
+    /// works). After a crash, the upload can continue elsewhere once this has passed.
+    pub lease_secs: u64,
+}
+
+impl Default for Tus {
+    fn default() -> Self {
+        Self {
+            expiry_secs: 24 * 3600,
+            max_open_per_user: 20,
+            lease_secs: 15,
+        }
+    }
 }
 
 /// How file bytes reach a downloader.
@@ -115,6 +140,7 @@ impl Default for Config {
             limits: Limits::default(),
             maintenance: Maintenance::default(),
             downloads: Downloads::default(),
+            tus: Tus::default(),
         }
     }
 }
@@ -233,6 +259,7 @@ impl std::fmt::Debug for Config {
             .field("limits", &shown.limits)
             .field("maintenance", &shown.maintenance)
             .field("downloads", &shown.downloads)
+            .field("tus", &shown.tus)
             .finish()
     }
 }

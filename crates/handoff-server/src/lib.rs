@@ -4,7 +4,7 @@
 //!
 //! Module map: `auth` (accounts and tokens), `files` (upload, download, metadata), `health`, `openapi`, `error`
 //! (problem+json), `config`, `state`, `serve` (accept loop and timeouts), `maintenance` (background collection),
-//! `migrate` (copying an instance to other backends).
+//! `migrate` (copying an instance to other backends), `uploads` (resumable tus uploads).
 
 pub mod auth;
 pub mod config;
@@ -16,6 +16,7 @@ pub mod migrate;
 pub mod openapi;
 pub mod serve;
 pub mod state;
+pub mod uploads;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
@@ -36,6 +37,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(auth::routes())
         .merge(files::routes())
         .merge(health::routes())
+        .merge(uploads::routes())
 }
 
 /// The OpenAPI document of every route [`router`] serves.

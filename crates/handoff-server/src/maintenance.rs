@@ -1,4 +1,5 @@
-//! Background collection, safe to run while uploads are in flight: partial uploads and orphaned blobs (bytes that
+//! Background collection, safe to run while uploads are in flight: expired resumable uploads
+//! (`uploads::expiry`), partial uploads and orphaned blobs (bytes that
 //! no file row references, left by a crash between commit and insert or a failed delete) are removed once they are
 //! older than the grace period, which is far longer than any commit takes.
 
@@ -26,6 +27,9 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         }
         if let Err(e) = collect(&state, grace).await {
             tracing::warn!(error = %e, "collection pass failed");
+        }
+        if let Err(e) = crate::uploads::expiry::reclaim(&state).await {
+            tracing::warn!(error = %e, "reclaiming expired uploads failed");
         }
     }
 }

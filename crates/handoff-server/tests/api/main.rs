@@ -10,3 +10,4 @@ mod helpers;
 mod openapi;
 mod ranges;
 mod tokens;
+mod tus;
