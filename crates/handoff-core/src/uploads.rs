@@ -169,6 +169,10 @@ pub trait UploadStore: Send + Sync {
     /// Removes an expired session if it is still expired and unleased at `now`; returns whether it did.
     async fn delete_expired_upload(&self, id: &UploadId, now: OffsetDateTime) -> StoreResult<bool>;
 
+    /// Whether an incomplete session names `blob`: a finished-but-not-yet-committed upload's blob may already sit
+    /// among the committed blobs, and the orphan collector must leave it alone.
+    async fn blob_in_open_upload(&self, blob: BlobId) -> StoreResult<bool>;
+
     /// Bytes held by the owner's incomplete sessions (their durable offsets): what a quota must count while
     /// uploads are in progress.
     async fn open_upload_bytes(&self, owner: UserId) -> StoreResult<u64>;

@@ -222,6 +222,17 @@ impl UploadStore for PostgresStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn blob_in_open_upload(&self, blob: BlobId) -> StoreResult<bool> {
+        let row = sqlx::query(
+            "SELECT EXISTS (SELECT 1 FROM upload_sessions WHERE blob_id = $1::uuid AND NOT completed) AS open",
+        )
+        .bind(blob.0.to_string())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(store_error)?;
+        row.try_get("open").map_err(store_error)
+    }
+
     async fn open_upload_bytes(&self, owner: UserId) -> StoreResult<u64> {
         let row = sqlx::query(
             "SELECT COALESCE(SUM(upload_offset), 0)::BIGINT AS total FROM upload_sessions

@@ -208,6 +208,16 @@ impl UploadStore for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn blob_in_open_upload(&self, blob: BlobId) -> StoreResult<bool> {
+        let row =
+            sqlx::query("SELECT EXISTS (SELECT 1 FROM upload_sessions WHERE blob_id = ? AND completed = 0) AS open")
+                .bind(blob.0.to_string())
+                .fetch_one(&self.reader)
+                .await
+                .map_err(store_error)?;
+        row.try_get("open").map_err(store_error)
+    }
+
     async fn open_upload_bytes(&self, owner: UserId) -> StoreResult<u64> {
         let row = sqlx::query(
             "SELECT COALESCE(SUM(upload_offset), 0) AS total FROM upload_sessions WHERE owner_id = ? AND completed = 0",

@@ -85,6 +85,8 @@ async fn sessions_round_trip_and_are_limited_per_user() {
         let bob = user(store.as_ref(), "bob").await;
         let first = session(&alice, now, Some(100));
         assert!(store.create_upload(&first, 2, now).await.unwrap(), "{backend}");
+        assert!(store.blob_in_open_upload(first.blob).await.unwrap());
+        assert!(!store.blob_in_open_upload(BlobId::generate()).await.unwrap());
         assert_eq!(
             store.upload_by_id(&first.id).await.unwrap(),
             Some(first.clone()),
@@ -173,6 +175,10 @@ async fn one_lease_holder_at_a_time_and_progress_only_under_it() {
         assert!(store.complete_upload(&s.id, &a).await.unwrap());
         let done = store.upload_by_id(&s.id).await.unwrap().unwrap();
         assert!(done.completed);
+        assert!(
+            !store.blob_in_open_upload(s.blob).await.unwrap(),
+            "a completed upload's blob is the file's"
+        );
         assert!(store.lease_upload(&s.id, &b, until, now).await.unwrap().is_none());
         assert!(
             !store

@@ -38,7 +38,8 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
 pub async fn collect(state: &AppState, grace: Duration) -> Result<u64, handoff_core::StoreError> {
     let mut removed = state.blobs.sweep_incomplete(grace).await?;
     for blob in state.blobs.list_older_than(grace).await? {
-        if !state.meta.blob_is_referenced(blob).await? {
+        // A finished resumable upload's blob waits here for its row while its session is still open.
+        if !state.meta.blob_is_referenced(blob).await? && !state.meta.blob_in_open_upload(blob).await? {
             state.blobs.delete(blob).await?;
             removed += 1;
         }

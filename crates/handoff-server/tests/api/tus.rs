@@ -851,3 +851,31 @@ async fn malformed_tus_headers_never_cause_a_server_error() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_collector_spares_a_finished_blob_whose_upload_is_still_open() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("alice").await;
+    let path = app.tus_new(&alice.token, Some(5)).await;
+    let id = handoff_core::UploadId::parse(path.trim_start_matches("/uploads/")).unwrap();
+    let session = app.state.meta.upload_by_id(&id).await.unwrap().unwrap();
+    // A process that finished the blob and died before committing the file row.
+    let mut writer = app.state.blobs.resume(session.blob, "", 0).await.unwrap();
+    writer.write(bytes::Bytes::from_static(b"12345")).await.unwrap();
+    let state = writer.seal().await.unwrap();
+    app.state.blobs.finish_resumable(session.blob, &state).await.unwrap();
+    assert_eq!(app.blob_count().await, 1);
+    handoff_server::maintenance::collect(&app.state, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(app.blob_count().await, 1, "the open upload's blob was collected");
+    // Once the session is gone, the blob is an orphan like any other.
+    assert_eq!(
+        app.tus_delete(&alice.token, &path).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    handoff_server::maintenance::collect(&app.state, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(app.blob_count().await, 0);
+}
