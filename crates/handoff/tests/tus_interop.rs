@@ -1,7 +1,7 @@
 //! Interoperability with the standard tus clients, unmodified: tus-js-client under Node and tuspy, each with
 //! chunked and one-request uploads against the real `handoff serve`, and each resuming an upload after the
-//! server was killed with SIGKILL mid-upload and restarted on the same address. Every upload is checked by the
-//! SHA-256 of what the server then serves.
+//! server was killed with SIGKILL mid-upload and restarted on the same address (tus-js-client also with
+//! PostgreSQL + S3 as the stores). Every upload is checked by the SHA-256 of what the server then serves.
 //!
 //! The clients are installed by `.ci/run` (`npm ci` in `tests/interop/`, `pip install tuspy`). Without them
 //! these tests fail when `CI` is set and are skipped with a message otherwise.
@@ -215,13 +215,40 @@ async fn chunked_and_whole(tool: Tool) {
     }
 }
 
-async fn resume_after_sigkill(tool: Tool) {
+/// Where the killed server keeps its state: the self-hosted default, or PostgreSQL and S3 (s3s-fs in this process).
+enum Stores {
+    Embedded,
+    Scaled {
+        database: handoff_db::testing::TestDatabase,
+        s3: handoff_storage::testing::TestS3,
+    },
+}
+
+async fn resume_after_sigkill(tool: Tool, scaled: bool) {
     if !available(tool) {
         return;
     }
+    let stores = match scaled {
+        false => Stores::Embedded,
+        true => {
+            let Some(admin) = handoff_db::testing::postgres_admin_url() else {
+                eprintln!("skipping: HANDOFF_TEST_POSTGRES_URL is not set");
+                return;
+            };
+            Stores::Scaled {
+                database: handoff_db::testing::TestDatabase::create(&admin).await,
+                s3: handoff_storage::testing::TestS3::start().await,
+            }
+        }
+    };
     let data = tempfile::tempdir().unwrap();
     // A short lease: the killed process's lease must run out before the client's retries give up.
-    let env = [("HANDOFF_TUS__LEASE_SECS", "2")];
+    let mut env = vec![("HANDOFF_TUS__LEASE_SECS".to_owned(), "2".to_owned())];
+    if let Stores::Scaled { database, s3 } = &stores {
+        env.push(("HANDOFF_DATABASE_URL".to_owned(), database.url.clone()));
+        env.push(("HANDOFF_STORAGE_URL".to_owned(), s3.storage_url("tus")));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut server = Server::start(data.path(), &env);
     let listen = server.addr.to_string();
     let api = server.client().signup_and_signin("interop", PASSWORD).await;
@@ -245,6 +272,15 @@ async fn resume_after_sigkill(tool: Tool) {
     );
     let api = Api::new(&server.base).with_token(&token);
     assert_uploaded(&api, &url, key.as_deref(), &bytes).await;
+    if let Stores::Scaled { s3, .. } = &stores {
+        assert!(
+            !data.path().join("storage").exists(),
+            "the scaled server used no local storage"
+        );
+        assert!(std::fs::read_dir(s3.root.path().join(&s3.bucket)).unwrap().count() > 0);
+    }
+    drop(server);
+    drop(stores);
 }
 
 #[tokio::test]
@@ -259,10 +295,16 @@ async fn tuspy_uploads_chunked_and_whole() {
 
 #[tokio::test]
 async fn tus_js_client_resumes_after_the_server_is_killed() {
-    resume_after_sigkill(Tool::TusJsClient).await;
+    resume_after_sigkill(Tool::TusJsClient, false).await;
 }
 
 #[tokio::test]
 async fn tuspy_resumes_after_the_server_is_killed() {
-    resume_after_sigkill(Tool::Tuspy).await;
+    resume_after_sigkill(Tool::Tuspy, false).await;
+}
+
+// Multi-threaded: the in-process S3 server must keep answering while the test waits on the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tus_js_client_resumes_on_s3_after_the_server_is_killed() {
+    resume_after_sigkill(Tool::TusJsClient, true).await;
 }
