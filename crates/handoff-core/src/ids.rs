@@ -21,12 +21,12 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 /// `N` random bytes as URL-safe base64 without padding.
-fn random_token<const N: usize>() -> String {
+pub(crate) fn random_token<const N: usize>() -> String {
     URL_SAFE_NO_PAD.encode(random_bytes::<N>())
 }
 
 /// True when `s` is exactly the unpadded URL-safe base64 text of `bytes` bytes.
-fn is_token_of(s: &str, bytes: usize) -> bool {
+pub(crate) fn is_token_of(s: &str, bytes: usize) -> bool {
     s.len() == (bytes * 4).div_ceil(3)
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         && URL_SAFE_NO_PAD.decode(s).is_ok_and(|decoded| decoded.len() == bytes)

@@ -11,6 +11,7 @@ pub mod names;
 pub mod policy;
 pub mod ports;
 pub mod sharing;
+pub mod uploads;
 
 pub use identity::{ApiTokenRecord, ApiTokenScope, IdentityStore, NewApiToken, NewExternalUser};
 pub use ids::{AuditId, BlobId, FileKey, LinkToken, RefreshTokenSecret, ShareId, TeamId, UploadLinkId, UserId};
@@ -24,4 +25,7 @@ pub use ports::{BlobReader, BlobStore, BlobWriter, CollaborationStore, MetadataS
 pub use sharing::{
     Account, AuditEvent, AuditScope, CommitOutcome, CommitRules, Membership, MembershipChange, Quota, Share,
     SharePatch, Team, TeamRole, UploadLink, Usage,
+};
+pub use uploads::{
+    LeaseToken, ResumableBlobStore, ResumableWriter, UploadId, UploadProgress, UploadSession, UploadStore,
 };

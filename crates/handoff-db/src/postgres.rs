@@ -28,6 +28,8 @@ use uuid::Uuid;
 use crate::{ConnectError, from_micros, micros, store_error};
 
 mod identity;
+#[path = "postgres_uploads.rs"]
+mod uploads;
 
 /// Connections per node. PostgreSQL's default `max_connections` is 100, so a handful of nodes fit.
 const MAX_CONNECTIONS: u32 = 16;
@@ -53,6 +55,13 @@ fn migrator() -> Migrator {
             Cow::Borrowed("sharing"),
             MigrationType::Simple,
             include_str!("../migrations/postgres/0002_sharing.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            3,
+            Cow::Borrowed("uploads"),
+            MigrationType::Simple,
+            include_str!("../migrations/postgres/0003_uploads.sql").into_sql_str(),
             false,
         ),
         Migration::new(

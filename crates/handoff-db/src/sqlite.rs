@@ -22,6 +22,8 @@ use uuid::Uuid;
 use crate::{ConnectError, from_micros, micros, store_error};
 
 mod identity;
+#[path = "sqlite_uploads.rs"]
+mod uploads;
 
 fn migrator() -> Migrator {
     let migrations = vec![
@@ -37,6 +39,13 @@ fn migrator() -> Migrator {
             Cow::Borrowed("sharing"),
             MigrationType::Simple,
             include_str!("../migrations/sqlite/0002_sharing.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            3,
+            Cow::Borrowed("uploads"),
+            MigrationType::Simple,
+            include_str!("../migrations/sqlite/0003_uploads.sql").into_sql_str(),
             false,
         ),
         Migration::new(

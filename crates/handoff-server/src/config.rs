@@ -32,6 +32,7 @@ pub struct Config {
     pub quotas: Quotas,
     pub retention: Retention,
     pub sharing: Sharing,
+    pub tus: Tus,
 }
 
 /// Default quotas for accounts that have none of their own (an admin sets those). Unset means unlimited.
@@ -97,6 +98,30 @@ impl Default for Sharing {
             download_grant_ttl_secs: 6 * 3600,
             max_files_per_share: 100,
             max_links_per_user: 1000,
+        }
+    }
+}
+
+/// Resumable uploads (tus 1.0 at `/uploads`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tus {
+    /// An incomplete upload untouched for this long expires; the collector then removes its bytes. Each append
+    /// moves the expiry forward.
+    pub expiry_secs: u64,
+    /// Incomplete, unexpired uploads one user may have open at once.
+    pub max_open_per_user: u32,
+    /// How long an append holds its upload's lease between renewals (it renews every third of this while it
+    /// works). After a crash, the upload can continue elsewhere once this has passed.
+    pub lease_secs: u64,
+}
+
+impl Default for Tus {
+    fn default() -> Self {
+        Self {
+            expiry_secs: 24 * 3600,
+            max_open_per_user: 20,
+            lease_secs: 15,
         }
     }
 }
@@ -199,6 +224,7 @@ impl Default for Config {
             quotas: Quotas::default(),
             retention: Retention::default(),
             sharing: Sharing::default(),
+            tus: Tus::default(),
         }
     }
 }
@@ -324,6 +350,7 @@ impl std::fmt::Debug for Config {
             .field("quotas", &shown.quotas)
             .field("retention", &shown.retention)
             .field("sharing", &shown.sharing)
+            .field("tus", &shown.tus)
             .finish()
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! Module map: `auth` (accounts and tokens), `files` (upload, download, metadata), `health`, `openapi`, `error`
 //! (problem+json), `config`, `state`, `serve` (accept loop and timeouts), `maintenance` (background collection),
-//! `migrate` (copying an instance to other backends).
+//! `migrate` (copying an instance to other backends), `uploads` (resumable tus uploads).
 
 pub mod admin;
 pub mod audit;
@@ -20,6 +20,7 @@ pub mod openapi;
 pub mod serve;
 pub mod state;
 pub mod teams;
+pub mod uploads;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
@@ -43,6 +44,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(links::routes())
         .merge(admin::routes())
         .merge(health::routes())
+        .merge(uploads::routes())
 }
 
 /// The OpenAPI document of every route [`router`] serves.

@@ -19,6 +19,9 @@ use uuid::Uuid;
 
 use crate::OpenError;
 
+#[path = "local_resumable.rs"]
+mod resumable;
+
 /// Bytes gathered before each write system call: large enough that syscall and thread-hop overhead vanish,
 /// small enough to keep per-upload memory trivial.
 const WRITE_BUFFER: usize = 1 << 20;

@@ -9,9 +9,14 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use handoff_core::{BlobId, BlobReader, BlobStore, BlobWriter, StoreError, StoreResult};
 
+#[path = "memory_resumable.rs"]
+mod resumable;
+
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStore {
     blobs: Arc<Mutex<HashMap<BlobId, (Bytes, Instant)>>>,
+    /// Resumable uploads' checkpointed bytes.
+    partials: Arc<Mutex<HashMap<BlobId, Bytes>>>,
 }
 
 impl MemoryStore {

@@ -30,6 +30,9 @@ use uuid::Uuid;
 
 use crate::OpenError;
 
+#[path = "s3_resumable.rs"]
+mod resumable;
+
 /// The first part size; S3 requires at least 5 MiB for every part but the last.
 const FIRST_PART: usize = 8 << 20;
 /// Part size doubles every this many parts, so that S3's 10,000-part limit allows ~500 GiB objects while small
@@ -236,9 +239,14 @@ struct S3Writer {
     parts: usize,
 }
 
+/// The size of part number `index` (0-based).
+fn part_size(index: usize) -> usize {
+    FIRST_PART << (index / PARTS_PER_DOUBLING).min(6)
+}
+
 impl S3Writer {
     fn part_size(&self) -> usize {
-        FIRST_PART << (self.parts / PARTS_PER_DOUBLING).min(6)
+        part_size(self.parts)
     }
 
     /// Sends the buffered bytes as the next part, after the previous part has finished.

@@ -305,6 +305,24 @@ async fn authorized_file(state: &AppState, user: &User, raw_key: &str, action: F
     Ok(file)
 }
 
+/// A user's own space as an upload destination, with the room their quota leaves.
+pub async fn own_space(state: &AppState, user: &User) -> ApiResult<upload::Destination> {
+    let account = handoff_core::Account::User(user.id);
+    let usage = state
+        .meta
+        .usage(account, state.config.quotas.default_for(account))
+        .await?;
+    Ok(upload::Destination {
+        uploader: user.id,
+        team: None,
+        upload_link: None,
+        expires_at: expiry(state, None)?,
+        bytes_left: usage.bytes_left(),
+        files_left: usage.files_left(),
+        room_error: upload::quota_exceeded,
+    })
+}
+
 /// Where a signed-in user's upload goes: their own space, or a team where they may upload.
 async fn destination(state: &AppState, user: &User, query: &UploadQuery) -> ApiResult<upload::Destination> {
     let team = match &query.team {

@@ -126,7 +126,7 @@ async fn receive<E>(
 
 /// The stored content type: the client's if it is a well-formed media type that says something, otherwise a guess
 /// from the file name. It is only ever served with `nosniff` and as an attachment.
-fn content_type(declared: Option<&str>, name: &FileName) -> String {
+pub(crate) fn content_type(declared: Option<&str>, name: &FileName) -> String {
     let declared = declared
         .and_then(|v| v.parse::<mime::Mime>().ok())
         .filter(|m| m.as_ref().len() <= 255)
@@ -306,18 +306,60 @@ pub async fn store_upload(
         discard(state.blobs.as_ref(), &incoming).await;
         return Err(e);
     }
-    let now = handoff_core::now();
     let visibility = visibility.unwrap_or(state.config.default_visibility);
-    let records: Vec<FileRecord> = incoming
+    let finished = incoming
         .iter()
-        .map(|f| FileRecord {
-            key: FileKey::generate(),
+        .map(|f| FinishedBlob {
+            key: None,
             blob: f.received.blob,
-            owner: dest.uploader,
-            name: f.name.clone(),
             size: f.received.size,
             sha256: f.received.sha256.clone(),
+            name: f.name.clone(),
             content_type: f.content_type.clone(),
+        })
+        .collect();
+    match commit_files(state, dest, visibility, finished).await {
+        Ok(records) => Ok(records),
+        Err(e) => {
+            discard(state.blobs.as_ref(), &incoming).await;
+            Err(e)
+        }
+    }
+}
+
+/// A blob that is durable, with its size and hash known, ready to become a file.
+#[derive(Debug)]
+pub struct FinishedBlob {
+    /// The file's key when the caller chose it ahead (a resumable upload reserves one at creation, so that
+    /// completing twice makes one file); otherwise a fresh one is generated.
+    pub key: Option<FileKey>,
+    pub blob: BlobId,
+    pub size: u64,
+    pub sha256: String,
+    pub name: FileName,
+    pub content_type: String,
+}
+
+/// The one way finished blobs become visible files, for every upload path (`POST /files`, upload links, tus
+/// completion): one transaction for all of them, which also charges the destination's quota (and upload link).
+/// On failure nothing is visible and the blobs are left to the caller.
+pub async fn commit_files(
+    state: &AppState,
+    dest: &Destination,
+    visibility: Visibility,
+    blobs: Vec<FinishedBlob>,
+) -> ApiResult<Vec<FileRecord>> {
+    let now = handoff_core::now();
+    let records: Vec<FileRecord> = blobs
+        .into_iter()
+        .map(|f| FileRecord {
+            key: f.key.unwrap_or_else(FileKey::generate),
+            blob: f.blob,
+            owner: dest.uploader,
+            name: f.name,
+            size: f.size,
+            sha256: f.sha256,
+            content_type: f.content_type,
             visibility,
             created_at: now,
             updated_at: now,
@@ -338,10 +380,7 @@ pub async fn store_upload(
         Ok(CommitOutcome::LinkExhausted) => Err(link_unavailable()),
         Err(e) => Err(e.into()),
     };
-    if let Err(e) = outcome {
-        discard(state.blobs.as_ref(), &incoming).await;
-        return Err(e);
-    }
+    outcome?;
     for record in &records {
         tracing::info!(owner = %dest.uploader, blob = %record.blob, size = record.size, "file stored");
     }

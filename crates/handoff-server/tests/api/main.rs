@@ -19,4 +19,5 @@ mod retention;
 mod shares;
 mod teams;
 mod tokens;
+mod tus;
 mod upload_links;

@@ -99,6 +99,11 @@ pub struct Server {
 impl Server {
     /// `handoff serve --listen 127.0.0.1:0 --data-dir DATA_DIR` with extra environment variables.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_on(data_dir, "127.0.0.1:0", env)
+    }
+
+    /// As [`Server::start`], on a given loopback address (to restart a server where its clients expect it).
+    pub fn start_on(data_dir: &Path, listen: &str, env: &[(&str, &str)]) -> Self {
         let log_dir = tempfile::tempdir().expect("creating a log directory");
         let log_path = log_dir.path().join("handoff.log");
         let log = std::fs::File::create(&log_path).expect("creating the log file");
@@ -106,7 +111,7 @@ impl Server {
         command
             .arg("serve")
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .arg("--data-dir")
             .arg(data_dir)
             .envs(env.iter().copied())
