@@ -173,8 +173,9 @@ pub trait UploadStore: Send + Sync {
     /// among the committed blobs, and the orphan collector must leave it alone.
     async fn blob_in_open_upload(&self, blob: BlobId) -> StoreResult<bool>;
 
-    /// Bytes held by the owner's incomplete sessions (their durable offsets): what a quota must count while
-    /// uploads are in progress.
+    /// Bytes the owner's incomplete sessions reserve: their declared lengths (their durable offsets while a
+    /// length is deferred). A quota counts them while the uploads are in progress, so that an upload allowed to
+    /// start can also finish.
     async fn open_upload_bytes(&self, owner: UserId) -> StoreResult<u64>;
 }
 

@@ -235,7 +235,7 @@ impl UploadStore for PostgresStore {
 
     async fn open_upload_bytes(&self, owner: UserId) -> StoreResult<u64> {
         let row = sqlx::query(
-            "SELECT COALESCE(SUM(upload_offset), 0)::BIGINT AS total FROM upload_sessions
+            "SELECT COALESCE(SUM(COALESCE(upload_length, upload_offset)), 0)::BIGINT AS total FROM upload_sessions
              WHERE owner_id = $1::uuid AND NOT completed",
         )
         .bind(owner.0.to_string())

@@ -220,7 +220,8 @@ impl UploadStore for SqliteStore {
 
     async fn open_upload_bytes(&self, owner: UserId) -> StoreResult<u64> {
         let row = sqlx::query(
-            "SELECT COALESCE(SUM(upload_offset), 0) AS total FROM upload_sessions WHERE owner_id = ? AND completed = 0",
+            "SELECT COALESCE(SUM(COALESCE(upload_length, upload_offset)), 0) AS total FROM upload_sessions
+             WHERE owner_id = ? AND completed = 0",
         )
         .bind(owner.0.to_string())
         .fetch_one(&self.reader)

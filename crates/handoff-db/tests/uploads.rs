@@ -236,7 +236,8 @@ async fn expired_sessions_are_listed_and_removed_unless_leased() {
             .record_upload_progress(&old.id, &token, &progress(30, now + Duration::from_secs(3600)))
             .await
             .unwrap();
-        assert_eq!(store.open_upload_bytes(alice.id).await.unwrap(), 30, "{backend}");
+        // Both sessions declared 100 bytes: that is what they reserve, whatever has arrived so far.
+        assert_eq!(store.open_upload_bytes(alice.id).await.unwrap(), 200, "{backend}");
 
         let later = now + Duration::from_secs(3601);
         let expired = store.expired_uploads(later, 10).await.unwrap();
@@ -256,7 +257,8 @@ async fn expired_sessions_are_listed_and_removed_unless_leased() {
         assert!(!store.delete_expired_upload(&fresh.id, later).await.unwrap());
         assert!(store.delete_expired_upload(&old.id, later).await.unwrap());
         assert!(!store.delete_expired_upload(&old.id, later).await.unwrap());
-        assert_eq!(store.open_upload_bytes(alice.id).await.unwrap(), 0);
+        // Only the fresh session's reservation is left.
+        assert_eq!(store.open_upload_bytes(alice.id).await.unwrap(), 100);
         // Termination needs the lease.
         let holder = LeaseToken::generate();
         store

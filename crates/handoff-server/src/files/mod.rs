@@ -307,20 +307,31 @@ async fn authorized_file(state: &AppState, user: &User, raw_key: &str, action: F
 
 /// A user's own space as an upload destination, with the room their quota leaves.
 pub async fn own_space(state: &AppState, user: &User) -> ApiResult<upload::Destination> {
-    let account = handoff_core::Account::User(user.id);
-    let usage = state
-        .meta
-        .usage(account, state.config.quotas.default_for(account))
-        .await?;
+    let (bytes_left, files_left) = personal_room(state, user).await?;
     Ok(upload::Destination {
         uploader: user.id,
         team: None,
         upload_link: None,
         expires_at: expiry(state, None)?,
-        bytes_left: usage.bytes_left(),
-        files_left: usage.files_left(),
+        bytes_left,
+        files_left,
         room_error: upload::quota_exceeded,
     })
+}
+
+/// What the user's quota still allows: stored files count, and so do the bytes their unfinished resumable uploads
+/// already hold, so that uploads in progress cannot together promise more than the quota.
+async fn personal_room(state: &AppState, user: &User) -> ApiResult<(Option<u64>, Option<u64>)> {
+    let account = handoff_core::Account::User(user.id);
+    let usage = state
+        .meta
+        .usage(account, state.config.quotas.default_for(account))
+        .await?;
+    let bytes_left = match usage.bytes_left() {
+        None => None,
+        Some(left) => Some(left.saturating_sub(state.meta.open_upload_bytes(user.id).await?)),
+    };
+    Ok((bytes_left, usage.files_left()))
 }
 
 /// Where a signed-in user's upload goes: their own space, or a team where they may upload.
@@ -335,18 +346,24 @@ async fn destination(state: &AppState, user: &User, query: &UploadQuery) -> ApiR
         }
         None => None,
     };
-    let account = team.map_or(handoff_core::Account::User(user.id), handoff_core::Account::Team);
-    let usage = state
-        .meta
-        .usage(account, state.config.quotas.default_for(account))
-        .await?;
+    let (bytes_left, files_left) = match team {
+        None => personal_room(state, user).await?,
+        Some(team) => {
+            let account = handoff_core::Account::Team(team);
+            let usage = state
+                .meta
+                .usage(account, state.config.quotas.default_for(account))
+                .await?;
+            (usage.bytes_left(), usage.files_left())
+        }
+    };
     Ok(upload::Destination {
         uploader: user.id,
         team,
         upload_link: None,
         expires_at: expiry(state, query.expires_in)?,
-        bytes_left: usage.bytes_left(),
-        files_left: usage.files_left(),
+        bytes_left,
+        files_left,
         room_error: upload::quota_exceeded,
     })
 }

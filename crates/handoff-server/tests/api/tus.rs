@@ -879,3 +879,38 @@ async fn the_collector_spares_a_finished_blob_whose_upload_is_still_open() {
         .unwrap();
     assert_eq!(app.blob_count().await, 0);
 }
+
+/// Unfinished uploads count against the quota while they exist: a declared length beyond the room is refused at
+/// creation, and the length an open upload declared is reserved, so other uploads cannot take it and the upload
+/// can always finish.
+#[tokio::test]
+async fn open_uploads_count_against_the_quota() {
+    for backend in all_backends() {
+        let app = TestApp::spawn_on(backend, |c| c.quotas.user_bytes = Some(1000)).await;
+        let alice = app.user("alice").await;
+        let response = app
+            .tus_create(&alice.token, Some(1001), &metadata("big.bin", "application/x-test"))
+            .await;
+        assert_problem(response, StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded").await;
+
+        let path = app.tus_new(&alice.token, Some(800)).await;
+        let response = app.tus_patch(&alice.token, &path, 0, vec![1u8; 600]).await;
+        assert_eq!(response.status(), StatusCode::NO_CONTENT, "{backend:?}");
+        // 800 bytes are reserved by the open upload: 200 remain for anything else.
+        let response = app.upload(&alice.token, "other.bin", vec![2u8; 201]).await;
+        assert_problem(response, StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded").await;
+        let response = app
+            .tus_create(&alice.token, Some(201), &metadata("second.bin", "application/x-test"))
+            .await;
+        assert_problem(response, StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded").await;
+        app.upload_ok(&alice.token, "small.bin", vec![2u8; 200]).await;
+
+        // The reserved upload still finishes, and the quota is exactly used up.
+        let response = app.tus_patch(&alice.token, &path, 600, vec![1u8; 200]).await;
+        assert_eq!(response.status(), StatusCode::NO_CONTENT, "{backend:?}");
+        assert!(header(&response, "handoff-file-key").is_some(), "{backend:?}");
+        let me: Value = app.me(&alice.token).await.json().await.unwrap();
+        assert_eq!(me["usage"]["bytes"], 1000, "{backend:?}");
+        assert_eq!(me["usage"]["files"], 2, "{backend:?}");
+    }
+}
