@@ -21,6 +21,52 @@ pub mod testing;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
+/// The embedded migrations of one backend (`migrations/<backend>/NNNN_<name>.sql`), in order. Both backends
+/// ship the same list, so adding a migration means adding one line here and one file per backend.
+/// `Migrator::DEFAULT` keeps `locking: true`: on PostgreSQL the migrator holds an advisory lock while it runs, so
+/// several nodes starting at once apply each migration exactly once.
+macro_rules! migrator {
+    ($backend:literal) => {{
+        use sqlx::SqlSafeStr as _;
+        let migration = |version: i64, name: &'static str, sql: &'static str| {
+            sqlx::migrate::Migration::new(
+                version,
+                std::borrow::Cow::Borrowed(name),
+                sqlx::migrate::MigrationType::Simple,
+                sql.into_sql_str(),
+                false,
+            )
+        };
+        let migrations = vec![
+            migration(
+                1,
+                "init",
+                include_str!(concat!("../migrations/", $backend, "/0001_init.sql")),
+            ),
+            migration(
+                2,
+                "sharing",
+                include_str!(concat!("../migrations/", $backend, "/0002_sharing.sql")),
+            ),
+            migration(
+                3,
+                "uploads",
+                include_str!(concat!("../migrations/", $backend, "/0003_uploads.sql")),
+            ),
+            migration(
+                4,
+                "identity",
+                include_str!(concat!("../migrations/", $backend, "/0004_identity.sql")),
+            ),
+        ];
+        sqlx::migrate::Migrator {
+            migrations: std::borrow::Cow::Owned(migrations),
+            ..sqlx::migrate::Migrator::DEFAULT
+        }
+    }};
+}
+pub(crate) use migrator;
+
 /// Errors opening a store; once open, operations report [`StoreError`].
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {

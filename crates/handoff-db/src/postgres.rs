@@ -9,7 +9,6 @@
 //! checks both backends. UUIDs cross the wire as text (`$n::uuid` in, `col::text` out), so sqlx's `uuid` feature
 //! is not needed.
 
-use std::borrow::Cow;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -19,9 +18,9 @@ use handoff_core::{
     Account, BlobId, FileCursor, FileKey, FileName, FilePatch, FileRecord, MetadataStore, NewUser, RefreshOutcome,
     SigningKeyRecord, StoreError, StoreResult, TeamId, UploadLinkId, User, UserId, Username, Visibility,
 };
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{Connection as _, PgPool, Row, SqlSafeStr as _};
+use sqlx::{Connection as _, PgPool, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -39,43 +38,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// the same family from two different tokens) before giving up.
 const ROTATE_ATTEMPTS: u32 = 5;
 
-/// The embedded migrations. `Migrator::DEFAULT` keeps `locking: true`: on PostgreSQL the migrator holds an
-/// advisory lock while it runs, so several nodes starting at once apply each migration exactly once.
 fn migrator() -> Migrator {
-    let migrations = vec![
-        Migration::new(
-            1,
-            Cow::Borrowed("init"),
-            MigrationType::Simple,
-            include_str!("../migrations/postgres/0001_init.sql").into_sql_str(),
-            false,
-        ),
-        Migration::new(
-            2,
-            Cow::Borrowed("sharing"),
-            MigrationType::Simple,
-            include_str!("../migrations/postgres/0002_sharing.sql").into_sql_str(),
-            false,
-        ),
-        Migration::new(
-            3,
-            Cow::Borrowed("uploads"),
-            MigrationType::Simple,
-            include_str!("../migrations/postgres/0003_uploads.sql").into_sql_str(),
-            false,
-        ),
-        Migration::new(
-            4,
-            Cow::Borrowed("identity"),
-            MigrationType::Simple,
-            include_str!("../migrations/postgres/0004_identity.sql").into_sql_str(),
-            false,
-        ),
-    ];
-    Migrator {
-        migrations: Cow::Owned(migrations),
-        ..Migrator::DEFAULT
-    }
+    crate::migrator!("postgres")
 }
 
 /// Advisory-lock key that serialises the creation of a cluster's first signing key ("hndfkey" in ASCII).

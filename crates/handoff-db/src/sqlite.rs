@@ -3,7 +3,6 @@
 //! at a time; queueing in the pool is cheaper and fairer than SQLITE_BUSY retries), reads through a small pool that
 //! runs beside it thanks to WAL. Multi-statement writes use `BEGIN IMMEDIATE`.
 
-use std::borrow::Cow;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -13,9 +12,9 @@ use handoff_core::{
     Account, BlobId, FileCursor, FileKey, FileName, FilePatch, FileRecord, MetadataStore, NewUser, RefreshOutcome,
     SigningKeyRecord, StoreError, StoreResult, TeamId, UploadLinkId, User, UserId, Username, Visibility,
 };
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{Row, SqlSafeStr as _, SqlitePool};
+use sqlx::{Row, SqlitePool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -26,40 +25,7 @@ mod identity;
 mod uploads;
 
 fn migrator() -> Migrator {
-    let migrations = vec![
-        Migration::new(
-            1,
-            Cow::Borrowed("init"),
-            MigrationType::Simple,
-            include_str!("../migrations/sqlite/0001_init.sql").into_sql_str(),
-            false,
-        ),
-        Migration::new(
-            2,
-            Cow::Borrowed("sharing"),
-            MigrationType::Simple,
-            include_str!("../migrations/sqlite/0002_sharing.sql").into_sql_str(),
-            false,
-        ),
-        Migration::new(
-            3,
-            Cow::Borrowed("uploads"),
-            MigrationType::Simple,
-            include_str!("../migrations/sqlite/0003_uploads.sql").into_sql_str(),
-            false,
-        ),
-        Migration::new(
-            4,
-            Cow::Borrowed("identity"),
-            MigrationType::Simple,
-            include_str!("../migrations/sqlite/0004_identity.sql").into_sql_str(),
-            false,
-        ),
-    ];
-    Migrator {
-        migrations: Cow::Owned(migrations),
-        ..Migrator::DEFAULT
-    }
+    crate::migrator!("sqlite")
 }
 
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use handoff_core::{Account, AuditScope, Quota, TeamId, User, UserId, Username};
+use handoff_core::{Account, AuditScope, Quota, TeamId, User, UserId};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
@@ -16,7 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::audit::{AuditQuery, Event, EventList};
-use crate::auth::{AuthUser, UsageView};
+use crate::auth::{AuthUser, UsageView, user_named};
 use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, Problem};
 use crate::files::{FileList, ListQuery};
 use crate::state::AppState;
@@ -139,14 +139,7 @@ async fn list_users(
     ApiQuery(query): ApiQuery<UsersQuery>,
 ) -> ApiResult<Json<AdminUserList>> {
     require_admin(&admin)?;
-    let max = state.config.limits.max_page_size;
-    let limit = query.limit.unwrap_or(100.min(max));
-    if limit == 0 || limit > max {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            format!("limit must be between 1 and {max}"),
-        ));
-    }
+    let limit = crate::files::page_limit(&state, query.limit)?;
     let after = query
         .cursor
         .map(|c| {
@@ -190,14 +183,7 @@ async fn update_user(
 ) -> ApiResult<Json<AdminUserView>> {
     require_admin(&admin)?;
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "user_not_found", "no such user");
-    if username.is_empty() || username.len() > 255 {
-        return Err(not_found());
-    }
-    let user = state
-        .meta
-        .user_by_username(&Username::from_trusted(username.to_lowercase()))
-        .await?
-        .ok_or_else(not_found)?;
+    let user = user_named(&state, &username).await?;
     if user.id == admin.id && (req.disabled == Some(true) || req.is_admin == Some(false)) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

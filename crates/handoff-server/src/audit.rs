@@ -218,14 +218,7 @@ pub struct AuditQuery {
 
 /// A page of the log in `scope`, newest first.
 pub async fn page(state: &crate::state::AppState, scope: AuditScope, query: AuditQuery) -> ApiResult<Json<EventList>> {
-    let max = state.config.limits.max_page_size;
-    let limit = query.limit.unwrap_or(100.min(max));
-    if limit == 0 || limit > max {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            format!("limit must be between 1 and {max}"),
-        ));
-    }
+    let limit = crate::files::page_limit(state, query.limit)?;
     let before = query
         .before
         .map(|b| {

@@ -6,9 +6,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use handoff_core::{
-    Account, AuditScope, FileName, MembershipChange, StoreError, Team, TeamId, TeamRole, User, Username,
-};
+use handoff_core::{Account, AuditScope, FileName, MembershipChange, StoreError, Team, TeamId, TeamRole, User};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -16,7 +14,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::audit::{AuditQuery, Event, EventList};
-use crate::auth::{AuthUser, UsageView};
+use crate::auth::{AuthUser, UsageView, user_named};
 use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, Problem};
 use crate::files::{FileList, ListQuery, parse_team_id, role_insufficient, team_not_found, team_role};
 use crate::state::AppState;
@@ -167,16 +165,6 @@ async fn my_team(state: &AppState, raw_id: &str, user: &User) -> ApiResult<(Team
     let role = team_role(state, id, user).await?;
     let team = state.meta.team(id).await?.ok_or_else(team_not_found)?;
     Ok((team, role))
-}
-
-/// A user named by a client; lookups accept any stored form of name, so names from external providers work too.
-async fn named_user(state: &AppState, raw: &str) -> ApiResult<User> {
-    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "user_not_found", "no such user");
-    if raw.is_empty() || raw.len() > 255 {
-        return Err(not_found());
-    }
-    let name = Username::from_trusted(raw.to_lowercase());
-    state.meta.user_by_username(&name).await?.ok_or_else(not_found)
 }
 
 async fn member_role(state: &AppState, team: TeamId, user: &User) -> ApiResult<TeamRole> {
@@ -335,7 +323,7 @@ async fn add_member(
     if !role.manages(new_role) {
         return Err(role_insufficient("your role cannot grant this role"));
     }
-    let member = named_user(&state, &req.username).await?;
+    let member = user_named(&state, &req.username).await?;
     state
         .meta
         .add_member(team.id, member.id, new_role, handoff_core::now())
@@ -377,7 +365,7 @@ async fn change_member(
 ) -> ApiResult<Json<TeamView>> {
     let (team, role) = my_team(&state, &id, &user).await?;
     let new_role = parse_role(&req.role)?;
-    let member = named_user(&state, &username).await.map_err(|_| member_not_found())?;
+    let member = user_named(&state, &username).await.map_err(|_| member_not_found())?;
     let current = member_role(&state, team.id, &member).await?;
     if !(role.manages(current) && role.manages(new_role)) {
         return Err(role_insufficient("your role cannot make this change"));
@@ -416,7 +404,7 @@ async fn remove_member(
     Path((id, username)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let (team, role) = my_team(&state, &id, &user).await?;
-    let member = named_user(&state, &username).await.map_err(|_| member_not_found())?;
+    let member = user_named(&state, &username).await.map_err(|_| member_not_found())?;
     let current = member_role(&state, team.id, &member).await?;
     if member.id != user.id && !role.manages(current) {
         return Err(role_insufficient("your role cannot remove this member"));
@@ -456,7 +444,7 @@ async fn transfer(
     if role != TeamRole::Owner {
         return Err(role_insufficient("only owners transfer a team"));
     }
-    let member = named_user(&state, &req.username)
+    let member = user_named(&state, &req.username)
         .await
         .map_err(|_| member_not_found())?;
     member_role(&state, team.id, &member).await?;

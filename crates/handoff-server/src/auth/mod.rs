@@ -374,3 +374,11 @@ async fn me(State(state): State<AppState>, AuthUser(user): AuthUser) -> ApiResul
 async fn jwks(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(state.tokens.jwks().await)
 }
+
+/// The account a client names (a team member to add, a user an admin changes). The name is parsed first, so a
+/// lookup never sees text that could not be a username; local and providers' (`label:name`) names both work.
+pub async fn user_named(state: &AppState, raw: &str) -> ApiResult<User> {
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "user_not_found", "no such user");
+    let name = Username::parse(raw).map_err(|_| not_found())?;
+    state.meta.user_by_username(&name).await?.ok_or_else(not_found)
+}

@@ -173,7 +173,8 @@ impl ListQuery {
     }
 }
 
-fn page_params(state: &AppState, cursor: Option<&str>, limit: Option<u32>) -> ApiResult<(u32, Option<FileCursor>)> {
+/// The page size a client asked for (default 100), checked against `limits.max_page_size`: every listing uses it.
+pub fn page_limit(state: &AppState, limit: Option<u32>) -> ApiResult<u32> {
     let max = state.config.limits.max_page_size;
     let limit = limit.unwrap_or(DEFAULT_PAGE.min(max));
     if limit == 0 || limit > max {
@@ -182,6 +183,11 @@ fn page_params(state: &AppState, cursor: Option<&str>, limit: Option<u32>) -> Ap
             format!("limit must be between 1 and {max}"),
         ));
     }
+    Ok(limit)
+}
+
+fn page_params(state: &AppState, cursor: Option<&str>, limit: Option<u32>) -> ApiResult<(u32, Option<FileCursor>)> {
+    let limit = page_limit(state, limit)?;
     let after = cursor
         .map(|c| {
             FileCursor::decode(c)
@@ -587,17 +593,18 @@ async fn content(
 /// not recorded again.
 async fn download_as(state: &AppState, user: &User, file: &FileRecord, headers: &HeaderMap) -> ApiResult<Response> {
     let response = download::respond(state, file, headers).await?;
-    if response.status().is_success() || response.status().is_redirection() {
-        let resumed = headers
-            .get(header::RANGE)
-            .and_then(|r| r.to_str().ok())
-            .is_some_and(|r| !r.trim_start_matches("bytes=").starts_with('0') && !r.contains("=-"));
-        if !resumed && response.status() != StatusCode::NOT_MODIFIED {
-            state
-                .audit
-                .record(Event::new("file.download").by(user).on_file(file))
-                .await;
-        }
+    // A 206 that starts past byte 0 continues a download already recorded (an `If-Range` mismatch answers 200).
+    let resumed = response.status() == StatusCode::PARTIAL_CONTENT
+        && headers.get(header::RANGE).and_then(|r| r.to_str().ok()).is_some_and(
+            |r| matches!(download::parse_range(r, file.size), download::RangeRequest::Partial(p) if p.start > 0),
+        );
+    // 200, 206, or the redirect to a presigned URL; a 304 served nothing.
+    let served = response.status().is_success() || response.status() == StatusCode::FOUND;
+    if served && !resumed {
+        state
+            .audit
+            .record(Event::new("file.download").by(user).on_file(file))
+            .await;
     }
     Ok(response)
 }
