@@ -27,5 +27,6 @@ pub use sharing::{
     SharePatch, Team, TeamRole, UploadLink, Usage,
 };
 pub use uploads::{
-    LeaseToken, ResumableBlobStore, ResumableWriter, UploadId, UploadProgress, UploadSession, UploadStore,
+    LeaseToken, LinkReservation, ResumableBlobStore, ResumableWriter, UploadId, UploadProgress, UploadSession,
+    UploadStore,
 };

@@ -2,7 +2,8 @@
 //! [`UploadStore`] (session state in the metadata store) and [`ResumableBlobStore`] (bytes appended across
 //! requests, processes and nodes).
 //!
-//! An upload session is owned by one user and reaches a durable `offset` one checkpoint at a time. Whoever
+//! An upload session is owned by one user (for an upload through an upload link: the link's owner, with the link
+//! and its team recorded) and reaches a durable `offset` one checkpoint at a time. Whoever
 //! appends must first hold the session's *lease*: a token and an expiry written by a conditional update in the
 //! metadata store, so that of two concurrent appends — on one node or on two — exactly one proceeds. A lease is
 //! renewed while its holder works and simply runs out when its holder dies, so a crashed process blocks an
@@ -14,10 +15,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use time::OffsetDateTime;
 
-use crate::ids::{BlobId, FileKey, UserId, is_token_of, random_token};
+use crate::ids::{BlobId, FileKey, TeamId, UploadLinkId, UserId, is_token_of, random_token};
 use crate::model::Visibility;
 use crate::names::FileName;
 use crate::ports::StoreResult;
+use crate::sharing::Account;
 
 /// The id in an upload URL: 192 random bits as 32 URL-safe characters. It is unguessable, but not the access
 /// check: every request is also checked against the session's owner.
@@ -82,6 +84,11 @@ impl fmt::Debug for LeaseToken {
 pub struct UploadSession {
     pub id: UploadId,
     pub owner: UserId,
+    /// The team the file goes to, if any (today only through a team's upload link).
+    pub team: Option<TeamId>,
+    /// The upload link the session was created through: only a holder of that link may continue it, and the file
+    /// is committed through the link's counters. `None` for a signed-in user's own upload.
+    pub upload_link: Option<UploadLinkId>,
     /// Where the bytes go; the blob becomes the file's blob on completion.
     pub blob: BlobId,
     /// The file's secret key, chosen at creation (so that completing twice makes one file) and revealed only
@@ -121,13 +128,22 @@ pub struct UploadProgress {
     pub expires_at: OffsetDateTime,
 }
 
+/// What a link's open resumable uploads hold back from its limits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkReservation {
+    pub files: u64,
+    pub bytes: u64,
+}
+
 /// Upload sessions in the metadata store. Every state change after creation is conditional on the lease
 /// token, so a process that lost its lease (it stalled, or another node took over after it died) cannot
 /// overwrite newer progress.
 #[async_trait]
 pub trait UploadStore: Send + Sync {
-    /// Inserts the session unless its owner already has `max_open` incomplete, unexpired sessions (then
-    /// `false`). The count and the insert are atomic across nodes.
+    /// Inserts the session unless `max_open` incomplete, unexpired sessions already exist in its scope (then
+    /// `false`): the owner's own sessions for a session without an upload link, the link's sessions for one with
+    /// a link (so that people sending through a link cannot use up the owner's allowance). The count and the
+    /// insert are atomic across nodes.
     async fn create_upload(&self, session: &UploadSession, max_open: u32, now: OffsetDateTime) -> StoreResult<bool>;
 
     async fn upload_by_id(&self, id: &UploadId) -> StoreResult<Option<UploadSession>>;
@@ -173,10 +189,15 @@ pub trait UploadStore: Send + Sync {
     /// among the committed blobs, and the orphan collector must leave it alone.
     async fn blob_in_open_upload(&self, blob: BlobId) -> StoreResult<bool>;
 
-    /// Bytes the owner's incomplete sessions reserve: their declared lengths (their durable offsets while a
-    /// length is deferred). A quota counts them while the uploads are in progress, so that an upload allowed to
-    /// start can also finish.
-    async fn open_upload_bytes(&self, owner: UserId) -> StoreResult<u64>;
+    /// Bytes the incomplete sessions bound for `account` reserve (a user's: sessions into their own space,
+    /// including those through their personal upload links; a team's: sessions into the team): their declared
+    /// lengths (their durable offsets while a length is deferred). A quota counts them while the uploads are in
+    /// progress, so that an upload allowed to start can also finish.
+    async fn open_upload_bytes(&self, account: Account) -> StoreResult<u64>;
+
+    /// What a link's incomplete, unexpired sessions reserve: how many there are, and their declared lengths
+    /// (durable offsets while deferred). An upload link's remaining room is its limits less these.
+    async fn open_link_uploads(&self, link: UploadLinkId, now: OffsetDateTime) -> StoreResult<LinkReservation>;
 }
 
 /// Blob stores that can build one blob over many requests. The state string a writer returns is persisted by

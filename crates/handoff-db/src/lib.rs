@@ -58,6 +58,11 @@ macro_rules! migrator {
                 "identity",
                 include_str!(concat!("../migrations/", $backend, "/0004_identity.sql")),
             ),
+            migration(
+                5,
+                "upload_link_sessions",
+                include_str!(concat!("../migrations/", $backend, "/0005_upload_link_sessions.sql")),
+            ),
         ];
         sqlx::migrate::Migrator {
             migrations: std::borrow::Cow::Owned(migrations),

@@ -3,19 +3,19 @@
 
 use async_trait::async_trait;
 use handoff_core::{
-    BlobId, FileKey, FileName, LeaseToken, StoreError, StoreResult, UploadId, UploadProgress, UploadSession,
-    UploadStore, UserId, Visibility,
+    Account, BlobId, FileKey, FileName, LeaseToken, LinkReservation, StoreError, StoreResult, TeamId, UploadId,
+    UploadLinkId, UploadProgress, UploadSession, UploadStore, UserId, Visibility,
 };
 use sqlx::Row as _;
 use sqlx::postgres::PgRow;
 use time::OffsetDateTime;
 
-use super::{PostgresStore, size_i64, text_uuid};
+use super::{PostgresStore, optional_uuid, size_i64, text_uuid};
 use crate::{from_micros, micros, store_error};
 
 const COLUMNS: &str = "id, owner_id::text AS owner_id, blob_id::text AS blob_id, file_key, upload_length, \
                        upload_offset, metadata, name, content_type, visibility, store_state, hash_state, completed, \
-                       created_at, expires_at";
+                       created_at, expires_at, team_id::text AS team_id, upload_link_id::text AS upload_link_id";
 
 fn session_from_row(row: &PgRow) -> StoreResult<UploadSession> {
     let id: String = row.try_get("id").map_err(store_error)?;
@@ -27,6 +27,8 @@ fn session_from_row(row: &PgRow) -> StoreResult<UploadSession> {
     Ok(UploadSession {
         id: UploadId::parse(&id).ok_or_else(|| StoreError::Corrupt("upload id".into()))?,
         owner: UserId(text_uuid(row, "owner_id")?),
+        team: optional_uuid(row, "team_id")?.map(TeamId),
+        upload_link: optional_uuid(row, "upload_link_id")?.map(UploadLinkId),
         blob: BlobId(text_uuid(row, "blob_id")?),
         file_key: FileKey::parse(&key).ok_or_else(|| StoreError::Corrupt("file key".into()))?,
         length: length.map(unsigned).transpose()?,
@@ -48,30 +50,36 @@ fn session_from_row(row: &PgRow) -> StoreResult<UploadSession> {
 impl UploadStore for PostgresStore {
     async fn create_upload(&self, s: &UploadSession, max_open: u32, now: OffsetDateTime) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await.map_err(store_error)?;
-        // The owner's row lock serialises creates of one user across nodes, so the count below stays true
-        // until the insert commits.
+        // The owner's row lock serialises creates of one user (and of their links) across nodes, so the count
+        // below stays true until the insert commits. The scope counted is the link's sessions for a link upload,
+        // else the owner's own ones.
         sqlx::query("SELECT 1 FROM users WHERE id = $1::uuid FOR UPDATE")
             .bind(s.owner.0.to_string())
             .fetch_optional(&mut *tx)
             .await
             .map_err(store_error)?;
-        let open: i64 = sqlx::query(
-            "SELECT COUNT(*) AS n FROM upload_sessions WHERE owner_id = $1::uuid AND NOT completed AND expires_at > $2",
-        )
-        .bind(s.owner.0.to_string())
-        .bind(micros(now))
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(store_error)?
-        .try_get("n")
-        .map_err(store_error)?;
+        let (scope, scope_id) = match s.upload_link {
+            Some(link) => ("upload_link_id = $1::uuid", link.0.to_string()),
+            None => ("owner_id = $1::uuid AND upload_link_id IS NULL", s.owner.0.to_string()),
+        };
+        let count =
+            format!("SELECT COUNT(*) AS n FROM upload_sessions WHERE {scope} AND NOT completed AND expires_at > $2");
+        let open: i64 = sqlx::query(sqlx::AssertSqlSafe(count))
+            .bind(scope_id)
+            .bind(micros(now))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(store_error)?
+            .try_get("n")
+            .map_err(store_error)?;
         if open >= i64::from(max_open) {
             return Ok(false);
         }
         sqlx::query(
             "INSERT INTO upload_sessions (id, owner_id, blob_id, file_key, upload_length, upload_offset, metadata, \
-             name, content_type, visibility, store_state, hash_state, completed, created_at, expires_at)
-             VALUES ($1, $2::uuid, $3::uuid, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+             name, content_type, visibility, store_state, hash_state, completed, created_at, expires_at, team_id, \
+             upload_link_id)
+             VALUES ($1, $2::uuid, $3::uuid, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16::uuid, $17::uuid)",
         )
         .bind(s.id.as_str())
         .bind(s.owner.0.to_string())
@@ -88,6 +96,8 @@ impl UploadStore for PostgresStore {
         .bind(s.completed)
         .bind(micros(s.created_at))
         .bind(micros(s.expires_at))
+        .bind(s.team.map(|t| t.0.to_string()))
+        .bind(s.upload_link.map(|l| l.0.to_string()))
         .execute(&mut *tx)
         .await
         .map_err(store_error)?;
@@ -233,16 +243,41 @@ impl UploadStore for PostgresStore {
         row.try_get("open").map_err(store_error)
     }
 
-    async fn open_upload_bytes(&self, owner: UserId) -> StoreResult<u64> {
-        let row = sqlx::query(
+    async fn open_upload_bytes(&self, account: Account) -> StoreResult<u64> {
+        let (scope, id) = match account {
+            Account::User(user) => ("owner_id = $1::uuid AND team_id IS NULL", user.0.to_string()),
+            Account::Team(team) => ("team_id = $1::uuid", team.0.to_string()),
+        };
+        let sql = format!(
             "SELECT COALESCE(SUM(COALESCE(upload_length, upload_offset)), 0)::BIGINT AS total FROM upload_sessions
-             WHERE owner_id = $1::uuid AND NOT completed",
+             WHERE {scope} AND NOT completed"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(store_error)?;
+        let total: i64 = row.try_get("total").map_err(store_error)?;
+        u64::try_from(total).map_err(|_| StoreError::Corrupt("negative total".into()))
+    }
+
+    async fn open_link_uploads(&self, link: UploadLinkId, now: OffsetDateTime) -> StoreResult<LinkReservation> {
+        let row = sqlx::query(
+            "SELECT COUNT(*)::BIGINT AS files, COALESCE(SUM(COALESCE(upload_length, upload_offset)), 0)::BIGINT AS bytes
+             FROM upload_sessions WHERE upload_link_id = $1::uuid AND NOT completed AND expires_at > $2",
         )
-        .bind(owner.0.to_string())
+        .bind(link.0.to_string())
+        .bind(micros(now))
         .fetch_one(&self.pool)
         .await
         .map_err(store_error)?;
-        let total: i64 = row.try_get("total").map_err(store_error)?;
-        u64::try_from(total).map_err(|_| StoreError::Corrupt("negative total".into()))
+        let unsigned = |column: &str| -> StoreResult<u64> {
+            let v: i64 = row.try_get(column).map_err(store_error)?;
+            u64::try_from(v).map_err(|_| StoreError::Corrupt("negative total".into()))
+        };
+        Ok(LinkReservation {
+            files: unsigned("files")?,
+            bytes: unsigned("bytes")?,
+        })
     }
 }

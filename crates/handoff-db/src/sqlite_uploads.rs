@@ -3,18 +3,19 @@
 
 use async_trait::async_trait;
 use handoff_core::{
-    BlobId, FileKey, FileName, LeaseToken, StoreError, StoreResult, UploadId, UploadProgress, UploadSession,
-    UploadStore, UserId, Visibility,
+    Account, BlobId, FileKey, FileName, LeaseToken, LinkReservation, StoreError, StoreResult, TeamId, UploadId,
+    UploadLinkId, UploadProgress, UploadSession, UploadStore, UserId, Visibility,
 };
 use sqlx::Row as _;
 use sqlx::sqlite::SqliteRow;
 use time::OffsetDateTime;
 
-use super::{SqliteStore, size_i64, text_uuid};
+use super::{SqliteStore, optional_uuid, size_i64, text_uuid};
 use crate::{from_micros, micros, store_error};
 
 const COLUMNS: &str = "id, owner_id, blob_id, file_key, upload_length, upload_offset, metadata, name, content_type, \
-                       visibility, store_state, hash_state, completed, created_at, expires_at";
+                       visibility, store_state, hash_state, completed, created_at, expires_at, team_id, \
+                       upload_link_id";
 
 fn session_from_row(row: &SqliteRow) -> StoreResult<UploadSession> {
     let id: String = row.try_get("id").map_err(store_error)?;
@@ -26,6 +27,8 @@ fn session_from_row(row: &SqliteRow) -> StoreResult<UploadSession> {
     Ok(UploadSession {
         id: UploadId::parse(&id).ok_or_else(|| StoreError::Corrupt("upload id".into()))?,
         owner: UserId(text_uuid(row, "owner_id")?),
+        team: optional_uuid(row, "team_id")?.map(TeamId),
+        upload_link: optional_uuid(row, "upload_link_id")?.map(UploadLinkId),
         blob: BlobId(text_uuid(row, "blob_id")?),
         file_key: FileKey::parse(&key).ok_or_else(|| StoreError::Corrupt("file key".into()))?,
         length: length.map(unsigned).transpose()?,
@@ -47,12 +50,21 @@ fn session_from_row(row: &SqliteRow) -> StoreResult<UploadSession> {
 impl UploadStore for SqliteStore {
     async fn create_upload(&self, s: &UploadSession, max_open: u32, now: OffsetDateTime) -> StoreResult<bool> {
         // One statement on the single writer: the count and the insert cannot interleave with another create.
+        // The scope counted is the link's sessions for a link upload, else the owner's own ones.
+        let scope = match s.upload_link {
+            Some(_) => "upload_link_id = ?",
+            None => "owner_id = ? AND upload_link_id IS NULL",
+        };
         let sql = format!(
             "INSERT INTO upload_sessions ({COLUMNS})
-             SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+             SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
              WHERE (SELECT COUNT(*) FROM upload_sessions
-                    WHERE owner_id = ? AND completed = 0 AND expires_at > ?) < ?"
+                    WHERE {scope} AND completed = 0 AND expires_at > ?) < ?"
         );
+        let scope_id = match s.upload_link {
+            Some(link) => link.0.to_string(),
+            None => s.owner.0.to_string(),
+        };
         let done = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(s.id.as_str())
             .bind(s.owner.0.to_string())
@@ -69,7 +81,9 @@ impl UploadStore for SqliteStore {
             .bind(s.completed)
             .bind(micros(s.created_at))
             .bind(micros(s.expires_at))
-            .bind(s.owner.0.to_string())
+            .bind(s.team.map(|t| t.0.to_string()))
+            .bind(s.upload_link.map(|l| l.0.to_string()))
+            .bind(scope_id)
             .bind(micros(now))
             .bind(i64::from(max_open))
             .execute(&self.writer)
@@ -218,16 +232,41 @@ impl UploadStore for SqliteStore {
         row.try_get("open").map_err(store_error)
     }
 
-    async fn open_upload_bytes(&self, owner: UserId) -> StoreResult<u64> {
-        let row = sqlx::query(
+    async fn open_upload_bytes(&self, account: Account) -> StoreResult<u64> {
+        let (scope, id) = match account {
+            Account::User(user) => ("owner_id = ? AND team_id IS NULL", user.0.to_string()),
+            Account::Team(team) => ("team_id = ?", team.0.to_string()),
+        };
+        let sql = format!(
             "SELECT COALESCE(SUM(COALESCE(upload_length, upload_offset)), 0) AS total FROM upload_sessions
-             WHERE owner_id = ? AND completed = 0",
+             WHERE {scope} AND completed = 0"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_one(&self.reader)
+            .await
+            .map_err(store_error)?;
+        let total: i64 = row.try_get("total").map_err(store_error)?;
+        u64::try_from(total).map_err(|_| StoreError::Corrupt("negative total".into()))
+    }
+
+    async fn open_link_uploads(&self, link: UploadLinkId, now: OffsetDateTime) -> StoreResult<LinkReservation> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS files, COALESCE(SUM(COALESCE(upload_length, upload_offset)), 0) AS bytes
+             FROM upload_sessions WHERE upload_link_id = ? AND completed = 0 AND expires_at > ?",
         )
-        .bind(owner.0.to_string())
+        .bind(link.0.to_string())
+        .bind(micros(now))
         .fetch_one(&self.reader)
         .await
         .map_err(store_error)?;
-        let total: i64 = row.try_get("total").map_err(store_error)?;
-        u64::try_from(total).map_err(|_| StoreError::Corrupt("negative total".into()))
+        let unsigned = |column: &str| -> StoreResult<u64> {
+            let v: i64 = row.try_get(column).map_err(store_error)?;
+            u64::try_from(v).map_err(|_| StoreError::Corrupt("negative total".into()))
+        };
+        Ok(LinkReservation {
+            files: unsigned("files")?,
+            bytes: unsigned("bytes")?,
+        })
     }
 }

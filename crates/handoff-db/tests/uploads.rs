@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use handoff_core::{
-    BlobId, FileKey, FileName, LeaseToken, MetadataStore, NewUser, UploadId, UploadProgress, UploadSession, User,
-    Username, Visibility,
+    Account, BlobId, FileKey, FileName, LeaseToken, LinkReservation, MetadataStore, NewUser, TeamId, UploadId,
+    UploadLinkId, UploadProgress, UploadSession, User, Username, Visibility,
 };
 use handoff_db::testing::{TestDatabase, postgres_admin_url};
 use time::OffsetDateTime;
@@ -51,6 +51,8 @@ fn session(owner: &User, now: OffsetDateTime, length: Option<u64>) -> UploadSess
     UploadSession {
         id: UploadId::generate(),
         owner: owner.id,
+        team: None,
+        upload_link: None,
         blob: BlobId::generate(),
         file_key: FileKey::generate(),
         length,
@@ -237,7 +239,11 @@ async fn expired_sessions_are_listed_and_removed_unless_leased() {
             .await
             .unwrap();
         // Both sessions declared 100 bytes: that is what they reserve, whatever has arrived so far.
-        assert_eq!(store.open_upload_bytes(alice.id).await.unwrap(), 200, "{backend}");
+        assert_eq!(
+            store.open_upload_bytes(Account::User(alice.id)).await.unwrap(),
+            200,
+            "{backend}"
+        );
 
         let later = now + Duration::from_secs(3601);
         let expired = store.expired_uploads(later, 10).await.unwrap();
@@ -258,7 +264,7 @@ async fn expired_sessions_are_listed_and_removed_unless_leased() {
         assert!(store.delete_expired_upload(&old.id, later).await.unwrap());
         assert!(!store.delete_expired_upload(&old.id, later).await.unwrap());
         // Only the fresh session's reservation is left.
-        assert_eq!(store.open_upload_bytes(alice.id).await.unwrap(), 100);
+        assert_eq!(store.open_upload_bytes(Account::User(alice.id)).await.unwrap(), 100);
         // Termination needs the lease.
         let holder = LeaseToken::generate();
         store
@@ -277,5 +283,99 @@ async fn expired_sessions_are_listed_and_removed_unless_leased() {
             "incomplete sessions need the lease"
         );
         assert!(store.delete_upload(&fresh.id, Some(&holder)).await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn link_sessions_have_their_own_limit_and_reserve_the_link_and_account() {
+    for (backend, store, _scratch) in backends().await {
+        let now = handoff_core::now();
+        let alice = user(store.as_ref(), "alice").await;
+        let link = UploadLinkId::generate();
+        let other_link = UploadLinkId::generate();
+        let team = TeamId(uuid::Uuid::now_v7());
+        let through = |link: UploadLinkId, team: Option<TeamId>, length: Option<u64>| UploadSession {
+            upload_link: Some(link),
+            team,
+            ..session(&alice, now, length)
+        };
+
+        // Alice's own allowance (1) and each link's (1) are counted apart.
+        assert!(
+            store
+                .create_upload(&session(&alice, now, Some(10)), 1, now)
+                .await
+                .unwrap(),
+            "{backend}"
+        );
+        let first = through(link, None, Some(100));
+        assert!(store.create_upload(&first, 1, now).await.unwrap(), "{backend}");
+        assert!(
+            !store
+                .create_upload(&through(link, None, Some(5)), 1, now)
+                .await
+                .unwrap(),
+            "{backend}"
+        );
+        assert!(
+            !store
+                .create_upload(&session(&alice, now, Some(5)), 1, now)
+                .await
+                .unwrap(),
+            "{backend}"
+        );
+        assert!(
+            store
+                .create_upload(&through(other_link, Some(team), None), 1, now)
+                .await
+                .unwrap(),
+            "{backend}"
+        );
+
+        let read = store.upload_by_id(&first.id).await.unwrap().unwrap();
+        assert_eq!(read, first, "{backend}: link and team round-trip");
+
+        // The personal link's session reserves alice's space; the team link's the team's.
+        assert_eq!(
+            store.open_upload_bytes(Account::User(alice.id)).await.unwrap(),
+            110,
+            "{backend}"
+        );
+        assert_eq!(
+            store.open_upload_bytes(Account::Team(team)).await.unwrap(),
+            0,
+            "{backend}"
+        );
+        let link_open = store.open_link_uploads(link, now).await.unwrap();
+        assert_eq!(link_open, LinkReservation { files: 1, bytes: 100 }, "{backend}");
+
+        // A deferred length reserves its durable offset.
+        let deferred = store.open_link_uploads(other_link, now).await.unwrap();
+        assert_eq!(deferred, LinkReservation { files: 1, bytes: 0 }, "{backend}");
+
+        // Expired sessions hold nothing back from the link; completed ones neither.
+        let later = now + Duration::from_secs(3601);
+        assert_eq!(
+            store.open_link_uploads(link, later).await.unwrap(),
+            LinkReservation::default(),
+            "{backend}"
+        );
+        let token = LeaseToken::generate();
+        store
+            .lease_upload(&first.id, &token, now + Duration::from_secs(60), now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(store.complete_upload(&first.id, &token).await.unwrap(), "{backend}");
+        assert_eq!(
+            store.open_link_uploads(link, now).await.unwrap(),
+            LinkReservation::default(),
+            "{backend}"
+        );
+        assert_eq!(
+            store.open_upload_bytes(Account::User(alice.id)).await.unwrap(),
+            10,
+            "{backend}"
+        );
     }
 }
