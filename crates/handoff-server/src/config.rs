@@ -33,6 +33,28 @@ pub struct Config {
     pub retention: Retention,
     pub sharing: Sharing,
     pub tus: Tus,
+    pub cors: Cors,
+}
+
+/// Cross-origin requests from browsers (for example tus-js-client in a page served elsewhere). With no origins
+/// listed, no CORS headers are sent and browsers keep other origins out.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cors {
+    /// Origins allowed to call the API, exactly as browsers send them (`https://app.example.com`, no path), or
+    /// `*` for any. Credentials are never allowed: the API uses bearer tokens and link headers, not cookies.
+    pub allowed_origins: Vec<String>,
+    /// How long a browser may cache a preflight answer.
+    pub max_age_secs: u64,
+}
+
+impl Default for Cors {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            max_age_secs: 600,
+        }
+    }
 }
 
 /// Default quotas for accounts that have none of their own (an admin sets those). Unset means unlimited.
@@ -112,7 +134,9 @@ pub struct Tus {
     /// Incomplete, unexpired uploads one user may have open at once.
     pub max_open_per_user: u32,
     /// How long an append holds its upload's lease between renewals (it renews every third of this while it
-    /// works). After a crash, the upload can continue elsewhere once this has passed.
+    /// works). After a crash, the upload can continue elsewhere once this has passed. The default, 6 s, is
+    /// shorter than the 9 s that tus-js-client's default retries (0, 1, 3 and 5 s apart) span, so that an
+    /// unmodified client rides out a server killed mid-append and restarted.
     pub lease_secs: u64,
 }
 
@@ -121,7 +145,7 @@ impl Default for Tus {
         Self {
             expiry_secs: 24 * 3600,
             max_open_per_user: 20,
-            lease_secs: 15,
+            lease_secs: 6,
         }
     }
 }
@@ -225,6 +249,7 @@ impl Default for Config {
             retention: Retention::default(),
             sharing: Sharing::default(),
             tus: Tus::default(),
+            cors: Cors::default(),
         }
     }
 }
@@ -351,6 +376,7 @@ impl std::fmt::Debug for Config {
             .field("retention", &shown.retention)
             .field("sharing", &shown.sharing)
             .field("tus", &shown.tus)
+            .field("cors", &shown.cors)
             .finish()
     }
 }

@@ -4,12 +4,14 @@
 //!
 //! Module map: `auth` (accounts and tokens), `files` (upload, download, metadata), `health`, `openapi`, `error`
 //! (problem+json), `config`, `state`, `serve` (accept loop and timeouts), `maintenance` (background collection),
-//! `migrate` (copying an instance to other backends), `uploads` (resumable tus uploads).
+//! `migrate` (copying an instance to other backends), `uploads` (resumable tus uploads), `cors` (cross-origin
+//! browser access).
 
 pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod files;
 pub mod health;
@@ -56,7 +58,9 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState) -> Router {
     let (routes, document) = api().split_for_parts();
     let json_limit = state.config.limits.max_json_body;
-    routes
+    // Checked by `AppState::with_stores`; a state built otherwise with a bad `[cors]` section gets no CORS.
+    let cors = cors::Policy::new(&state.config.cors).ok().flatten();
+    let app = routes
         .merge(openapi::docs_router(document))
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
@@ -79,5 +83,9 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(error::ApiError::internal("handler panicked"))
         }))
-        .with_state(state)
+        .with_state(state);
+    match cors {
+        Some(policy) => policy.wrap(app),
+        None => app,
+    }
 }

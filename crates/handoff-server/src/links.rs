@@ -990,7 +990,9 @@ pub struct ReceivedFiles {
     files: Vec<ReceivedFile>,
 }
 
-/// A live upload link, its owner (who must still be allowed to receive where it points), and the room left.
+/// A live upload link, its owner (who must still be allowed to receive where it points), and the room left: the
+/// link's limits and the receiver's quota, each less what open resumable uploads already reserve (through this
+/// link, and into the same space), so that uploads allowed to start can also finish.
 async fn live_upload_link(state: &AppState, raw_token: &str) -> ApiResult<(UploadLink, User, Destination)> {
     let token = LinkToken::parse(raw_token).ok_or_else(link_not_found)?;
     let link = state
@@ -1016,14 +1018,23 @@ async fn live_upload_link(state: &AppState, raw_token: &str) -> ApiResult<(Uploa
         .meta
         .usage(account, state.config.quotas.default_for(account))
         .await?;
-    let link_bytes = link.max_bytes.map(|m| m.saturating_sub(link.bytes_received));
-    let link_files = link.max_files.map(|m| m.saturating_sub(link.files_received));
+    let quota_bytes = match usage.bytes_left() {
+        None => None,
+        Some(left) => Some(left.saturating_sub(state.meta.open_upload_bytes(account).await?)),
+    };
+    let open = state.meta.open_link_uploads(link.id, now).await?;
+    let link_bytes = link
+        .max_bytes
+        .map(|m| m.saturating_sub(link.bytes_received).saturating_sub(open.bytes));
+    let link_files = link
+        .max_files
+        .map(|m| m.saturating_sub(link.files_received).saturating_sub(open.files));
     let min = |a: Option<u64>, b: Option<u64>| match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
     // The tighter limit decides which error a sender sees when they run into it.
-    let quota_tighter = match (usage.bytes_left(), link_bytes) {
+    let quota_tighter = match (quota_bytes, link_bytes) {
         (Some(q), Some(l)) => q < l,
         (Some(_), None) => true,
         _ => false,
@@ -1033,7 +1044,7 @@ async fn live_upload_link(state: &AppState, raw_token: &str) -> ApiResult<(Uploa
         team: link.team,
         upload_link: Some(link.id),
         expires_at: crate::files::expiry(state, None)?,
-        bytes_left: min(usage.bytes_left(), link_bytes),
+        bytes_left: min(quota_bytes, link_bytes),
         files_left: min(usage.files_left(), link_files),
         room_error: if quota_tighter {
             quota_exceeded
@@ -1042,6 +1053,18 @@ async fn live_upload_link(state: &AppState, raw_token: &str) -> ApiResult<(Uploa
         },
     };
     Ok((link, owner, dest))
+}
+
+/// A live upload link whose password (if any) the request presented, and where its files go: what the tus
+/// endpoint under `/u/{token}/uploads` checks on every request.
+pub(crate) async fn usable_upload_link(
+    state: &AppState,
+    raw_token: &str,
+    headers: &HeaderMap,
+) -> ApiResult<(UploadLink, Destination)> {
+    let (link, _owner, dest) = live_upload_link(state, raw_token).await?;
+    check_password(state, headers, link.password_hash.as_deref()).await?;
+    Ok((link, dest))
 }
 
 /// Open an upload link: who receives and how much room is left (no account needed).

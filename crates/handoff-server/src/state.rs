@@ -50,6 +50,8 @@ pub enum StartError {
     Passwords(crate::error::ApiError),
     #[error(transparent)]
     Oidc(#[from] OidcConfigError),
+    #[error(transparent)]
+    Cors(#[from] crate::cors::CorsConfigError),
 }
 
 /// Opens the metadata store named by `config` (applying migrations), creating the default data directory first.
@@ -90,6 +92,7 @@ impl AppState {
         .await
         .map_err(StartError::Keys)?;
         let oidc = OidcProviders::new(&config.auth.oidc, &config.auth.issuer)?;
+        crate::cors::Policy::new(&config.cors)?;
         let passwords = Passwords::new(config.auth.password_hash_concurrency)
             .await
             .map_err(StartError::Passwords)?;

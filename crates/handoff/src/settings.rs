@@ -44,6 +44,8 @@ const ENV_SECTIONS: &[&str] = &[
     "HANDOFF_QUOTAS__",
     "HANDOFF_RETENTION__",
     "HANDOFF_SHARING__",
+    "HANDOFF_TUS__",
+    "HANDOFF_CORS__",
 ];
 
 impl ConfigArgs {
@@ -66,6 +68,7 @@ impl ConfigArgs {
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("auth.admins")
+                .with_list_parse_key("cors.allowed_origins")
                 .source(Some(environment)),
         );
         let flags = [

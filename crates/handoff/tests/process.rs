@@ -477,6 +477,28 @@ fn config_command_layers_redacts_and_validates() {
     let env_over_file = effective_config(&["--config", file_arg], &[("HANDOFF_LIMITS__MAX_FILE_SIZE", "5678")]);
     assert_eq!(env_over_file["limits"]["max_file_size"].as_integer(), Some(5678));
 
+    // Every section is reachable from the environment, lists comma-separated.
+    let sections = effective_config(
+        &[],
+        &[
+            ("HANDOFF_TUS__LEASE_SECS", "3"),
+            (
+                "HANDOFF_CORS__ALLOWED_ORIGINS",
+                "http://a.example,https://b.example:8443",
+            ),
+        ],
+    );
+    assert_eq!(sections["tus"]["lease_secs"].as_integer(), Some(3), "{sections}");
+    let origins: Vec<&str> = sections["cors"]["allowed_origins"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(toml::Value::as_str)
+        .collect();
+    assert_eq!(origins, ["http://a.example", "https://b.example:8443"]);
+    assert_eq!(defaults["tus"]["lease_secs"].as_integer(), Some(6));
+    assert_eq!(defaults["cors"]["allowed_origins"].as_array().map(Vec::len), Some(0));
+
     // Unknown keys, nested or top-level, are errors, not silently ignored.
     for (contents, key) in [
         ("[limits]\nmax_file_sise = 1\n", "max_file_sise"),

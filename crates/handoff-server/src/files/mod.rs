@@ -335,7 +335,7 @@ async fn personal_room(state: &AppState, user: &User) -> ApiResult<(Option<u64>,
         .await?;
     let bytes_left = match usage.bytes_left() {
         None => None,
-        Some(left) => Some(left.saturating_sub(state.meta.open_upload_bytes(user.id).await?)),
+        Some(left) => Some(left.saturating_sub(state.meta.open_upload_bytes(account).await?)),
     };
     Ok((bytes_left, usage.files_left()))
 }
@@ -355,12 +355,17 @@ async fn destination(state: &AppState, user: &User, query: &UploadQuery) -> ApiR
     let (bytes_left, files_left) = match team {
         None => personal_room(state, user).await?,
         Some(team) => {
+            // Resumable uploads into the team (through its upload links) reserve their declared lengths too.
             let account = handoff_core::Account::Team(team);
             let usage = state
                 .meta
                 .usage(account, state.config.quotas.default_for(account))
                 .await?;
-            (usage.bytes_left(), usage.files_left())
+            let bytes_left = match usage.bytes_left() {
+                None => None,
+                Some(left) => Some(left.saturating_sub(state.meta.open_upload_bytes(account).await?)),
+            };
+            (bytes_left, usage.files_left())
         }
     };
     Ok(upload::Destination {

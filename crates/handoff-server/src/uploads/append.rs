@@ -14,14 +14,14 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::StatusCode;
 use futures::StreamExt as _;
-use handoff_core::{
-    FileRecord, LeaseToken, ResumableWriter, StoreError, UploadId, UploadProgress, UploadSession, User,
-};
+use handoff_core::{FileRecord, LeaseToken, ResumableWriter, StoreError, UploadId, UploadProgress, UploadSession};
 use sha2::digest::common::hazmat::SerializableState;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
+use super::Uploader;
 use super::headers::Checksum;
+use crate::audit::Event;
 use crate::error::{ApiError, ApiResult};
 use crate::files::upload::{FinishedBlob, commit_files};
 use crate::state::AppState;
@@ -166,13 +166,13 @@ pub struct AppendRequest {
 /// when it reaches its length. Always releases the lease.
 pub async fn append(
     state: &AppState,
-    owner: &User,
+    who: &Uploader,
     lease: Lease,
     session: UploadSession,
     request: AppendRequest,
     body: Body,
 ) -> ApiResult<Appended> {
-    let result = append_leased(state, owner, &lease, session, request, body).await;
+    let result = append_leased(state, who, &lease, session, request, body).await;
     if !matches!(result, Ok(Appended { file: Some(_), .. })) {
         lease.release(state).await;
     }
@@ -181,7 +181,7 @@ pub async fn append(
 
 async fn append_leased(
     state: &AppState,
-    owner: &User,
+    who: &Uploader,
     lease: &Lease,
     mut session: UploadSession,
     request: AppendRequest,
@@ -295,7 +295,7 @@ async fn append_leased(
         record(state, lease, &mut session, end, store_state, &hasher).await?;
     }
     let file = if finished {
-        Some(complete(state, owner, lease, &session, hasher).await?)
+        Some(complete(state, who, lease, &session, hasher).await?)
     } else {
         None
     };
@@ -365,7 +365,7 @@ async fn record(
 /// pre-chosen key make a retry after a crash at any step end with exactly one file.
 pub async fn complete(
     state: &AppState,
-    owner: &User,
+    who: &Uploader,
     lease: &Lease,
     session: &UploadSession,
     hasher: Sha256,
@@ -380,9 +380,23 @@ pub async fn complete(
         name: session.name.clone(),
         content_type: session.content_type.clone(),
     };
-    let dest = crate::files::own_space(state, owner).await?;
+    // A link's upload goes through the link's destination, so its counters and the receiver's quota are charged
+    // in the same transaction, exactly as for `POST /u/{token}`.
+    let dest = who.destination(state).await?;
     let record = match commit_files(state, &dest, session.visibility, vec![finished]).await {
-        Ok(mut records) => records.pop().ok_or_else(|| ApiError::internal("no record committed"))?,
+        Ok(mut records) => {
+            let record = records.pop().ok_or_else(|| ApiError::internal("no record committed"))?;
+            // The same audit events as the one-request uploads (`POST /files`, `POST /u/{token}`).
+            let event = match (session.upload_link, who) {
+                (Some(link), _) => Event::new("upload_link.upload").with("upload_link_id", link.to_string()),
+                (None, Uploader::User(user)) => Event::new("file.upload").by(user),
+                // (Unreachable: a link holder only ever continues its link's sessions.)
+                (None, Uploader::Link { .. }) => Event::new("file.upload"),
+            };
+            let event = event.on_file(&record).with("size", record.size).with("resumable", true);
+            state.audit.record(event).await;
+            record
+        }
         Err(e) if e.status() == StatusCode::CONFLICT => {
             // Committed by an earlier attempt that did not get to mark the session complete.
             match state.meta.file_by_key(&session.file_key).await? {
@@ -395,14 +409,14 @@ pub async fn complete(
     if !state.meta.complete_upload(&lease.id, &lease.token).await? {
         tracing::warn!("upload completed after its lease was lost");
     }
-    tracing::info!(owner = %owner.id, blob = %record.blob, size, "resumable upload completed");
+    tracing::info!(owner = %record.owner, blob = %record.blob, size, "resumable upload completed");
     Ok(record)
 }
 
 /// Finishes an upload whose bytes are all durable but that is not marked complete (a crash between the last
 /// checkpoint and the commit): `HEAD`, `GET` and `PATCH` call this so that a client that sees the full offset
 /// also gets its file. Returns the refreshed session.
-pub async fn settle(state: &AppState, owner: &User, session: UploadSession) -> ApiResult<UploadSession> {
+pub async fn settle(state: &AppState, who: &Uploader, session: UploadSession) -> ApiResult<UploadSession> {
     if session.completed || session.length != Some(session.offset) {
         return Ok(session);
     }
@@ -410,7 +424,7 @@ pub async fn settle(state: &AppState, owner: &User, session: UploadSession) -> A
         return Ok(session); // someone else is at it, or it expired
     };
     let hasher = restore_hasher(&leased)?;
-    match complete(state, owner, &lease, &leased, hasher).await {
+    match complete(state, who, &lease, &leased, hasher).await {
         Ok(_) => drop(lease),
         Err(e) => {
             lease.release(state).await;

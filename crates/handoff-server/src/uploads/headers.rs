@@ -1,5 +1,6 @@
 //! The tus 1.0 request headers, parsed once into types. Every malformed value is a 4xx with a stable code;
-//! nothing a client sends here can reach a 5xx (the unit tests below and `tests/api/tus.rs` fuzz these).
+//! nothing a client sends here can reach a 5xx (`every_parser_maps_random_input_to_a_4xx` below fuzzes them, and
+//! `tests/api/tus.rs` sends random headers over HTTP).
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use base64::Engine as _;
@@ -279,5 +280,114 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    /// Deterministic xorshift, so a failure reproduces.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        /// Bytes a header value may hold (visible ASCII, tab, and obs-text 0x80-0xFF), biased towards the
+        /// characters the parsers look at, sometimes past the length limits.
+        fn value(&mut self) -> Vec<u8> {
+            const SPECIAL: &[u8] = b"0123456789 ,=+/-.\tAa";
+            let len = match self.next() % 16 {
+                0 => MAX_METADATA_BYTES - 8 + (self.next() % 16) as usize,
+                1 => (self.next() % 64) as usize,
+                _ => (self.next() % 24) as usize,
+            };
+            (0..len)
+                .map(|_| match self.next() % 4 {
+                    0 => SPECIAL[(self.next() % SPECIAL.len() as u64) as usize],
+                    1 => 0x80 | (self.next() % 0x80) as u8,
+                    _ => match (self.next() % 96) as u8 {
+                        95 => b'\t',
+                        n => 0x20 + n,
+                    },
+                })
+                .collect()
+        }
+    }
+
+    /// Mutations of valid values: what a confused client is most likely to send.
+    fn near_misses(rng: &mut Rng) -> Vec<u8> {
+        let seeds: &[&[u8]] = &[
+            b"1.0.0",
+            b"18446744073709551615",
+            b"application/offset+octet-stream",
+            b"filename cmVwb3J0LnBkZg==,filetype YXBwbGljYXRpb24vcGRm,visibility a2V5",
+            b"sha256 47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=",
+            b"1",
+        ];
+        let mut value = seeds[(rng.next() % seeds.len() as u64) as usize].to_vec();
+        for _ in 0..=(rng.next() % 3) {
+            if value.is_empty() {
+                break;
+            }
+            let at = (rng.next() % value.len() as u64) as usize;
+            match rng.next() % 3 {
+                0 => {
+                    value.remove(at);
+                }
+                1 => value.insert(at, (rng.next() % 256) as u8),
+                _ => value[at] = (rng.next() % 256) as u8,
+            }
+        }
+        value
+    }
+
+    /// Every parser on 20,000 random and near-valid values: none panics, and every refusal is a 4xx with a code.
+    #[test]
+    fn every_parser_maps_random_input_to_a_4xx() {
+        let names = [
+            "tus-resumable",
+            "upload-length",
+            "upload-offset",
+            "upload-defer-length",
+            "upload-metadata",
+            "upload-checksum",
+            "content-type",
+        ];
+        let mut rng = Rng(0x7e57_f00d_0bad_cafe);
+        let mut refused = 0;
+        for _ in 0..20_000 {
+            let mut map = HeaderMap::new();
+            for name in names {
+                let value = match rng.next() % 3 {
+                    0 => continue,
+                    1 => rng.value(),
+                    _ => near_misses(&mut rng),
+                };
+                // Bytes no header can carry (control characters) never reach a parser.
+                if let Ok(value) = HeaderValue::from_bytes(&value) {
+                    map.insert(name, value);
+                }
+            }
+            let outcomes = [
+                require_tus_resumable(&map).err(),
+                upload_offset(&map).err(),
+                upload_length(&map).err(),
+                creation_length(&map).err(),
+                upload_checksum(&map).err(),
+                require_offset_octet_stream(&map).err(),
+                upload_metadata(&map).err(),
+            ];
+            for error in outcomes.into_iter().flatten() {
+                refused += 1;
+                assert!(error.status().is_client_error(), "{map:?} → {}", error.status());
+                assert!(!error.code().is_empty());
+            }
+            if let Ok(metadata) = upload_metadata(&map) {
+                assert!(metadata.raw.len() <= MAX_METADATA_BYTES);
+                assert!(metadata.pairs.len() <= MAX_METADATA_PAIRS);
+            }
+        }
+        assert!(refused > 10_000, "the fuzz hardly exercised the refusals ({refused})");
     }
 }

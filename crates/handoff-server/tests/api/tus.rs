@@ -777,6 +777,26 @@ async fn malformed_tus_headers_never_cause_a_server_error() {
     let app = TestApp::spawn().await;
     let alice = app.user("alice").await;
     let path = app.tus_new(&alice.token, Some(100)).await;
+    // The same parsers behind an upload link's tus endpoint.
+    let link = app
+        .post_json(
+            &alice.token,
+            "/upload-links",
+            serde_json::json!({}),
+            StatusCode::CREATED,
+        )
+        .await;
+    let link_base = format!("/u/{}/uploads", link["token"].as_str().unwrap());
+    let response = app
+        .client
+        .post(app.url(&link_base))
+        .header(TUS.0, TUS.1)
+        .header("upload-length", "100")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let link_path = header(&response, "location").unwrap().to_owned();
     let interesting: &[&[u8]] = &[
         b"",
         b"0",
@@ -820,10 +840,14 @@ async fn malformed_tus_headers_never_cause_a_server_error() {
             2 => Method::HEAD,
             _ => Method::DELETE,
         };
+        let (collection, upload) = match round % 8 {
+            0..4 => ("/uploads", path.as_str()),
+            _ => (link_base.as_str(), link_path.as_str()),
+        };
         let url = if method == Method::POST {
-            app.url("/uploads")
+            app.url(collection)
         } else {
-            app.url(&path)
+            app.url(upload)
         };
         let mut request = app.client.request(method.clone(), url).bearer_auth(&alice.token);
         let mut sent = Vec::new();
