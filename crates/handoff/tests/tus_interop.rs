@@ -1,7 +1,8 @@
 //! Interoperability with the standard tus clients, unmodified: tus-js-client under Node and tuspy, each with
 //! chunked and one-request uploads against the real `handoff serve`, and each resuming an upload after the
 //! server was killed with SIGKILL mid-upload and restarted on the same address (tus-js-client also with
-//! PostgreSQL + S3 as the stores). Every upload is checked by the SHA-256 of what the server then serves.
+//! PostgreSQL + S3 as the stores). Both run with their default settings (tus-js-client's retry delays too) against
+//! the server's defaults (its `tus.lease_secs`). Every upload is checked by the SHA-256 of what the server serves.
 //!
 //! The clients are installed by `.ci/run` (`npm ci` in `tests/interop/`, `pip install tuspy`). Without them
 //! these tests fail when `CI` is set and are skipped with a message otherwise.
@@ -224,6 +225,71 @@ enum Stores {
     },
 }
 
+/// Reads an upload's lease straight from the metadata store the server uses, to time a SIGKILL.
+enum LeaseProbe {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+fn now_micros() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970");
+    i64::try_from(since.as_micros()).expect("micros fit i64")
+}
+
+impl LeaseProbe {
+    async fn open(stores: &Stores, data_dir: &Path) -> Self {
+        use sqlx::Connection as _;
+        match stores {
+            Stores::Embedded => {
+                let options = sqlx::sqlite::SqliteConnectOptions::new().filename(data_dir.join("handoff.db"));
+                Self::Sqlite(
+                    sqlx::SqliteConnection::connect_with(&options)
+                        .await
+                        .expect("opening the SQLite file"),
+                )
+            }
+            Stores::Scaled { database, .. } => Self::Postgres(
+                sqlx::PgConnection::connect(&database.url)
+                    .await
+                    .expect("connecting to PostgreSQL"),
+            ),
+        }
+    }
+
+    /// The upload's `lease_until` (Unix microseconds), if a lease is recorded.
+    async fn lease_until(&mut self, id: &str) -> Option<i64> {
+        let sql = "SELECT lease_until FROM upload_sessions WHERE id = $1";
+        let until: Option<Option<i64>> = match self {
+            Self::Sqlite(c) => sqlx::query_scalar(sql).bind(id).fetch_optional(c).await,
+            Self::Postgres(c) => sqlx::query_scalar(sql).bind(id).fetch_optional(c).await,
+        }
+        .expect("reading the upload's lease");
+        until.flatten()
+    }
+
+    /// Polls until an append has just taken the lease, SIGKILLs the server, and says whether the lease was still
+    /// held when the process died.
+    async fn kill_while_leased(&mut self, server: &mut Server, id: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            // A fresh lease (most of its period left) is one an append holds right now.
+            if self
+                .lease_until(id)
+                .await
+                .is_some_and(|until| until > now_micros() + 1_000_000)
+            {
+                server.kill_now();
+                break;
+            }
+            assert!(Instant::now() < deadline, "no append took the lease within a minute");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.lease_until(id).await.is_some_and(|until| until > now_micros())
+    }
+}
+
 async fn resume_after_sigkill(tool: Tool, scaled: bool) {
     if !available(tool) {
         return;
@@ -242,8 +308,9 @@ async fn resume_after_sigkill(tool: Tool, scaled: bool) {
         }
     };
     let data = tempfile::tempdir().unwrap();
-    // A short lease: the killed process's lease must run out before the client's retries give up.
-    let mut env = vec![("HANDOFF_TUS__LEASE_SECS".to_owned(), "2".to_owned())];
+    // The default lease and, for tus-js-client, its default retries: the killed process's lease must run out
+    // before an unmodified client's retries give up.
+    let mut env: Vec<(String, String)> = Vec::new();
     if let Stores::Scaled { database, s3 } = &stores {
         env.push(("HANDOFF_DATABASE_URL".to_owned(), database.url.clone()));
         env.push(("HANDOFF_STORAGE_URL".to_owned(), s3.storage_url("tus")));
@@ -254,17 +321,32 @@ async fn resume_after_sigkill(tool: Tool, scaled: bool) {
     let api = server.client().signup_and_signin("interop", PASSWORD).await;
     let token = api.token.clone().unwrap();
     let files = tempfile::tempdir().unwrap();
-    let (path, bytes) = write_payload(files.path(), 12 * MIB + 321, 77);
+    let (path, bytes) = write_payload(files.path(), 24 * MIB + 321, 77);
     let mut client = ClientProcess::spawn(tool, &server.base, &token, &path, MIB, 150);
     let started = client.wait_for("url ", Duration::from_secs(30), |u| u.contains("/uploads/"));
     client.wait_for("progress ", Duration::from_secs(60), |n| {
         n.parse::<usize>().is_ok_and(|n| n >= 3 * MIB)
     });
-    server.signal("KILL");
-    server.wait_exit(Duration::from_secs(10));
-    drop(server);
-    std::thread::sleep(Duration::from_millis(300));
-    let server = Server::start_on(data.path(), &listen, &env);
+    // Kill the server while an append holds the upload's lease, so that the restarted server finds the dead
+    // process's lease and the client's retries must outlast it. A kill that raced the lease's release proves
+    // nothing: then restart and try again on a later chunk.
+    let id = started.rsplit('/').next().expect("an upload id").to_owned();
+    let mut probe = LeaseProbe::open(&stores, data.path()).await;
+    let mut caught = false;
+    for _ in 0..8 {
+        caught = probe.kill_while_leased(&mut server, &id).await;
+        server.wait_exit(Duration::from_secs(10));
+        drop(server);
+        std::thread::sleep(Duration::from_millis(300));
+        server = Server::start_on(data.path(), &listen, &env);
+        if caught {
+            break;
+        }
+    }
+    assert!(
+        caught,
+        "{tool:?}: the server was never killed while an append held the lease"
+    );
     let (url, key) = client.finish(Duration::from_secs(120));
     assert_eq!(
         url, started,

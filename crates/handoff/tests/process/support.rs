@@ -163,6 +163,13 @@ impl Server {
         self.child.as_ref().expect("the server process is still owned").id()
     }
 
+    /// SIGKILLs the process at once, without spawning a `kill` command first: for tests that must hit a narrow
+    /// window.
+    #[allow(dead_code)] // used by tests/tus_interop.rs
+    pub fn kill_now(&mut self) {
+        self.child_mut().kill().expect("killing the server");
+    }
+
     /// Sends a signal by name (`TERM`, `KILL`) with the `kill` command.
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
