@@ -17,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}
-BIN=target/lambda/handoff-lambda/bootstrap
+BIN=${BIN:-target/lambda/handoff-lambda/bootstrap}
 PORT=${PORT:-9713}
 EVENT=crates/handoff-lambda/tests/fixtures/function-url-me.json
 
