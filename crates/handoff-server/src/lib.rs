@@ -1,11 +1,11 @@
 //! Handoff's HTTP service. [`router`] builds the whole application from an [`AppState`]; [`serve`] runs it on a
-//! listener it is given until a shutdown future resolves. The `handoff` binary, the tests and (later) the Lambda
-//! entry point are thin shells around these two functions.
+//! listener it is given until a shutdown future resolves. The `handoff` binary, the tests and the Lambda entry point
+//! (`handoff-lambda`) are thin shells around these two functions.
 //!
 //! Module map: `auth` (accounts and tokens), `files` (upload, download, metadata), `health`, `openapi`, `error`
-//! (problem+json), `config`, `state`, `serve` (accept loop and timeouts), `maintenance` (background collection),
-//! `migrate` (copying an instance to other backends), `uploads` (resumable tus uploads), `cors` (cross-origin
-//! browser access).
+//! (problem+json), `config`, `settings` (layering the configuration), `state`, `serve` (accept loop and timeouts),
+//! `maintenance` (background collection), `migrate` (copying an instance to other backends), `uploads` (resumable
+//! tus uploads), `cors` (cross-origin browser access).
 
 pub mod admin;
 pub mod audit;
@@ -20,6 +20,7 @@ pub mod maintenance;
 pub mod migrate;
 pub mod openapi;
 pub mod serve;
+pub mod settings;
 pub mod state;
 pub mod teams;
 pub mod uploads;

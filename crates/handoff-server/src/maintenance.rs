@@ -17,24 +17,47 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         Ok(n) => tracing::info!(removed = n, "removed partial uploads left by a previous run"),
         Err(e) => tracing::warn!(error = %e, "could not sweep partial uploads"),
     }
-    let settings = state.config.maintenance.clone();
-    let grace = Duration::from_secs(settings.orphan_grace_secs);
-    let mut interval = tokio::time::interval(Duration::from_secs(settings.interval_secs.max(1)));
+    let mut interval = tokio::time::interval(Duration::from_secs(state.config.maintenance.interval_secs.max(1)));
     loop {
         tokio::select! {
             _ = interval.tick() => {}
             _ = stop.changed() => return,
         }
-        if let Err(e) = expire(&state).await {
-            tracing::warn!(error = %e, "retention pass failed");
-        }
-        if let Err(e) = collect(&state, grace).await {
-            tracing::warn!(error = %e, "collection pass failed");
-        }
-        if let Err(e) = crate::uploads::expiry::reclaim(&state).await {
-            tracing::warn!(error = %e, "reclaiming expired uploads failed");
-        }
+        pass(&state).await;
     }
+}
+
+/// What one [`pass`] removed; a step that failed is logged and counted as `None`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PassReport {
+    pub expired_files: Option<u64>,
+    pub collected_blobs: Option<u64>,
+    pub reclaimed_uploads: Option<u64>,
+}
+
+/// One round of every maintenance job: retention, collection of orphaned and partial blobs (older than
+/// `maintenance.orphan_grace_secs`), expired resumable uploads. Safe on several nodes or invocations at once;
+/// cancelling it between steps (a deadline) leaves nothing that the next pass does not finish. The background
+/// task of `serve` runs it every `maintenance.interval_secs`; the Lambda function runs it on a schedule.
+pub async fn pass(state: &AppState) -> PassReport {
+    let grace = Duration::from_secs(state.config.maintenance.orphan_grace_secs);
+    let mut report = PassReport::default();
+    match expire(state).await {
+        Ok(n) => report.expired_files = Some(n),
+        Err(e) => tracing::warn!(error = %e, "retention pass failed"),
+    }
+    match collect(state, grace).await {
+        Ok(n) => report.collected_blobs = Some(n),
+        Err(e) => tracing::warn!(error = %e, "collection pass failed"),
+    }
+    match crate::uploads::expiry::reclaim(state).await {
+        Ok(n) => report.reclaimed_uploads = Some(n),
+        Err(e) => tracing::warn!(error = %e, "reclaiming expired uploads failed"),
+    }
+    // Events recorded by the pass (`file.expire`) are written before it reports done: a frozen or stopped
+    // process must not hold them.
+    state.audit.flush().await;
+    report
 }
 
 /// Retention: deletes files past their expiry (with their bytes) and forgets share links that expired or were

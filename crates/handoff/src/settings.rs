@@ -1,9 +1,9 @@
-//! Configuration layering: defaults → TOML file (`--config`) → `HANDOFF_*` environment variables → flags.
-//! Nested keys use a double underscore in the environment: `HANDOFF_LIMITS__MAX_FILE_SIZE=1073741824`.
+//! The configuration flags every command takes. The layering itself (defaults → TOML file (`--config`) →
+//! `HANDOFF_*` environment variables → these flags) is `handoff_server::settings`, shared with the Lambda
+//! function.
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use clap::Args;
 use handoff_server::Config;
 
@@ -27,65 +27,19 @@ pub struct ConfigArgs {
     storage_url: Option<String>,
 }
 
-/// Environment variables that configure the server (top-level keys, and prefixes of nested sections). Others
-/// that happen to start with `HANDOFF_` (a test's own settings, say) are not configuration and are left alone.
-const ENV_KEYS: &[&str] = &[
-    "HANDOFF_LISTEN",
-    "HANDOFF_DATA_DIR",
-    "HANDOFF_DATABASE_URL",
-    "HANDOFF_STORAGE_URL",
-    "HANDOFF_DEFAULT_VISIBILITY",
-];
-const ENV_SECTIONS: &[&str] = &[
-    "HANDOFF_AUTH__",
-    "HANDOFF_LIMITS__",
-    "HANDOFF_MAINTENANCE__",
-    "HANDOFF_DOWNLOADS__",
-    "HANDOFF_QUOTAS__",
-    "HANDOFF_RETENTION__",
-    "HANDOFF_SHARING__",
-    "HANDOFF_TUS__",
-    "HANDOFF_CORS__",
-];
-
 impl ConfigArgs {
+    /// Layers the configuration (`handoff_server::settings`), with these flags as the last layer.
     pub fn load(&self) -> anyhow::Result<Config> {
-        let mut builder = config::Config::builder();
-        if let Some(file) = &self.config {
-            builder = builder.add_source(
-                config::File::from(file.as_path())
-                    .format(config::FileFormat::Toml)
-                    .required(true),
-            );
-        }
-        let environment: config::Map<String, String> = std::env::vars()
-            .filter(|(k, _)| ENV_KEYS.contains(&k.as_str()) || ENV_SECTIONS.iter().any(|s| k.starts_with(s)))
-            .collect();
-        builder = builder.add_source(
-            config::Environment::with_prefix("HANDOFF")
-                .prefix_separator("_")
-                .separator("__")
-                .try_parsing(true)
-                .list_separator(",")
-                .with_list_parse_key("auth.admins")
-                .with_list_parse_key("cors.allowed_origins")
-                .source(Some(environment)),
-        );
         let flags = [
             ("listen", self.listen.clone()),
             ("data_dir", self.data_dir.as_ref().map(|d| d.display().to_string())),
             ("database_url", self.database_url.clone()),
             ("storage_url", self.storage_url.clone()),
         ];
-        for (key, value) in flags {
-            if let Some(value) = value {
-                builder = builder.set_override(key, value)?;
-            }
-        }
-        builder
-            .build()
-            .context("reading the configuration")?
-            .try_deserialize::<Config>()
-            .context("invalid configuration")
+        let overrides: Vec<(&str, String)> = flags
+            .into_iter()
+            .filter_map(|(key, value)| value.map(|v| (key, v)))
+            .collect();
+        Ok(handoff_server::settings::load(self.config.as_deref(), &overrides)?)
     }
 }
