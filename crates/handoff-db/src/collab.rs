@@ -54,16 +54,33 @@ macro_rules! collaboration_store {
             use crate::collab::{opt_u64, parse_uuid, to_u64};
             use crate::{from_micros, micros, store_error};
 
-            fn q(sql: &str) -> sqlx::AssertSqlSafe<String> {
-                sqlx::AssertSqlSafe(crate::collab::render(
+            /// Every template rendered once: rendering is five searches and copies of the whole statement, which
+            /// cost more than the rest of a simple query's client side. The set of templates is fixed by the code
+            /// (the audit insert adds one per chunk length), so the map stays small.
+            static RENDERED: std::sync::LazyLock<
+                std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<str>>>,
+            > = std::sync::LazyLock::new(Default::default);
+
+            fn q(sql: &str) -> sqlx::AssertSqlSafe<std::sync::Arc<str>> {
+                let mut rendered = RENDERED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some(done) = rendered.get(sql) {
+                    return sqlx::AssertSqlSafe(done.clone());
+                }
+                let done: std::sync::Arc<str> = crate::collab::render(
                     sql,
                     $uuid,
                     $for_update,
                     $skip_locked,
                     FILE_COLUMNS,
                     USER_COLUMNS,
-                ))
+                )
+                .into();
+                rendered.insert(sql.to_owned(), done.clone());
+                sqlx::AssertSqlSafe(done)
             }
+
+            /// Rows per audit `INSERT` (8 parameters each: far below both backends' parameter limits).
+            const AUDIT_ROWS_PER_INSERT: usize = 64;
 
             fn opt_time(v: Option<i64>) -> StoreResult<Option<OffsetDateTime>> {
                 v.map(from_micros).transpose()
@@ -222,80 +239,89 @@ macro_rules! collaboration_store {
                 }
             }
 
+            /// The statements of `commit_files`, in a transaction (or savepoint) the caller owns and commits only
+            /// when the outcome is `Committed`; any other outcome or error means the caller must roll back.
+            pub(super) async fn commit_files_in(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                files: &[FileRecord],
+                rules: &CommitRules,
+            ) -> StoreResult<CommitOutcome> {
+                if let Some(link) = rules.upload_link {
+                    let bytes = size(files.iter().map(|f| f.size).sum())?;
+                    let count = size(files.len() as u64)?;
+                    let charged = sqlx::query(q(
+                        "UPDATE upload_links SET files_received = files_received + $1,
+                             bytes_received = bytes_received + $2
+                         WHERE id = CAST($3 AS {uuid}) AND NOT revoked
+                           AND (expires_at IS NULL OR expires_at > $4)
+                           AND (max_files IS NULL OR files_received + $1 <= max_files)
+                           AND (max_bytes IS NULL OR bytes_received + $2 <= max_bytes)",
+                    ))
+                    .bind(count)
+                    .bind(bytes)
+                    .bind(link.0.to_string())
+                    .bind(micros(rules.now))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(store_error)?;
+                    if charged.rows_affected() == 0 {
+                        return Ok(CommitOutcome::LinkExhausted);
+                    }
+                }
+                // Usage per account (an upload has one; an import may carry many).
+                for (account, bytes, count) in per_account(files) {
+                    let (table, id) = account_sql(account);
+                    let charged = sqlx::query(q(&format!(
+                        "UPDATE {table} SET used_bytes = used_bytes + $1, used_files = used_files + $2
+                         WHERE id = CAST($3 AS {{uuid}})
+                           AND (NOT $4 OR COALESCE(quota_bytes, $5) IS NULL OR used_bytes + $1 <= COALESCE(quota_bytes, $5))
+                           AND (NOT $4 OR COALESCE(quota_files, $6) IS NULL OR used_files + $2 <= COALESCE(quota_files, $6))"
+                    )))
+                    .bind(size(bytes)?)
+                    .bind(size(count)?)
+                    .bind(id)
+                    .bind(rules.enforce_quota)
+                    .bind(opt_u64(rules.default_quota.bytes))
+                    .bind(opt_u64(rules.default_quota.files))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(store_error)?;
+                    if charged.rows_affected() == 0 {
+                        return Ok(CommitOutcome::QuotaExceeded);
+                    }
+                }
+                for file in files {
+                    sqlx::query(q(
+                        "INSERT INTO files (key, blob_id, owner_id, name, size, sha256, content_type, visibility,
+                             created_at, updated_at, team_id, expires_at, upload_link_id)
+                         VALUES ($1, CAST($2 AS {uuid}), CAST($3 AS {uuid}), $4, $5, $6, $7, $8, $9, $10,
+                             CAST($11 AS {uuid}), $12, CAST($13 AS {uuid}))",
+                    ))
+                    .bind(file.key.as_str())
+                    .bind(file.blob.0.to_string())
+                    .bind(file.owner.0.to_string())
+                    .bind(file.name.as_str())
+                    .bind(size(file.size)?)
+                    .bind(&file.sha256)
+                    .bind(&file.content_type)
+                    .bind(file.visibility.as_str())
+                    .bind(micros(file.created_at))
+                    .bind(micros(file.updated_at))
+                    .bind(file.team.map(|t| t.0.to_string()))
+                    .bind(file.expires_at.map(micros))
+                    .bind(file.upload_link.map(|l| l.0.to_string()))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(store_error)?;
+                }
+                Ok(CommitOutcome::Committed)
+            }
+
             #[async_trait]
             impl CollaborationStore for $store {
                 async fn commit_files(&self, files: &[FileRecord], rules: &CommitRules) -> StoreResult<CommitOutcome> {
-                    let mut tx = self.begin_write().await.map_err(store_error)?;
-                    if let Some(link) = rules.upload_link {
-                        let bytes = size(files.iter().map(|f| f.size).sum())?;
-                        let count = size(files.len() as u64)?;
-                        let charged = sqlx::query(q(
-                            "UPDATE upload_links SET files_received = files_received + $1,
-                                 bytes_received = bytes_received + $2
-                             WHERE id = CAST($3 AS {uuid}) AND NOT revoked
-                               AND (expires_at IS NULL OR expires_at > $4)
-                               AND (max_files IS NULL OR files_received + $1 <= max_files)
-                               AND (max_bytes IS NULL OR bytes_received + $2 <= max_bytes)",
-                        ))
-                        .bind(count)
-                        .bind(bytes)
-                        .bind(link.0.to_string())
-                        .bind(micros(rules.now))
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(store_error)?;
-                        if charged.rows_affected() == 0 {
-                            return Ok(CommitOutcome::LinkExhausted);
-                        }
-                    }
-                    // Usage per account (an upload has one; an import may carry many).
-                    for (account, bytes, count) in per_account(files) {
-                        let (table, id) = account_sql(account);
-                        let charged = sqlx::query(q(&format!(
-                            "UPDATE {table} SET used_bytes = used_bytes + $1, used_files = used_files + $2
-                             WHERE id = CAST($3 AS {{uuid}})
-                               AND (NOT $4 OR COALESCE(quota_bytes, $5) IS NULL OR used_bytes + $1 <= COALESCE(quota_bytes, $5))
-                               AND (NOT $4 OR COALESCE(quota_files, $6) IS NULL OR used_files + $2 <= COALESCE(quota_files, $6))"
-                        )))
-                        .bind(size(bytes)?)
-                        .bind(size(count)?)
-                        .bind(id)
-                        .bind(rules.enforce_quota)
-                        .bind(opt_u64(rules.default_quota.bytes))
-                        .bind(opt_u64(rules.default_quota.files))
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(store_error)?;
-                        if charged.rows_affected() == 0 {
-                            return Ok(CommitOutcome::QuotaExceeded);
-                        }
-                    }
-                    for file in files {
-                        sqlx::query(q(
-                            "INSERT INTO files (key, blob_id, owner_id, name, size, sha256, content_type, visibility,
-                                 created_at, updated_at, team_id, expires_at, upload_link_id)
-                             VALUES ($1, CAST($2 AS {uuid}), CAST($3 AS {uuid}), $4, $5, $6, $7, $8, $9, $10,
-                                 CAST($11 AS {uuid}), $12, CAST($13 AS {uuid}))",
-                        ))
-                        .bind(file.key.as_str())
-                        .bind(file.blob.0.to_string())
-                        .bind(file.owner.0.to_string())
-                        .bind(file.name.as_str())
-                        .bind(size(file.size)?)
-                        .bind(&file.sha256)
-                        .bind(&file.content_type)
-                        .bind(file.visibility.as_str())
-                        .bind(micros(file.created_at))
-                        .bind(micros(file.updated_at))
-                        .bind(file.team.map(|t| t.0.to_string()))
-                        .bind(file.expires_at.map(micros))
-                        .bind(file.upload_link.map(|l| l.0.to_string()))
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(store_error)?;
-                    }
-                    tx.commit().await.map_err(store_error)?;
-                    Ok(CommitOutcome::Committed)
+                    // SQLite groups concurrent commits into one transaction; PostgreSQL runs one each.
+                    self.commit_files_durably(files, rules).await
                 }
 
                 async fn usage(&self, account: Account, default_quota: Quota) -> StoreResult<Usage> {
@@ -856,23 +882,47 @@ macro_rules! collaboration_store {
                         return Ok(());
                     }
                     let mut tx = self.begin_write().await.map_err(store_error)?;
-                    for event in events {
-                        sqlx::query(q(
-                            "INSERT INTO audit_events (id, at, action, actor_id, owner_id, team_id, file_key, detail)
-                             VALUES (CAST($1 AS {uuid}), $2, $3, CAST($4 AS {uuid}), CAST($5 AS {uuid}),
-                                 CAST($6 AS {uuid}), $7, $8)",
-                        ))
-                        .bind(event.id.0.to_string())
-                        .bind(micros(event.at))
-                        .bind(&event.action)
-                        .bind(event.actor.map(|u| u.0.to_string()))
-                        .bind(event.owner.map(|u| u.0.to_string()))
-                        .bind(event.team.map(|t| t.0.to_string()))
-                        .bind(event.file.as_ref().map(|k| k.as_str().to_owned()))
-                        .bind(event.detail.as_deref())
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(store_error)?;
+                    // Many rows per statement: on SQLite every statement is a round trip to the connection's
+                    // worker thread, and a busy server queues hundreds of events per batch.
+                    let mut rest = events;
+                    while !rest.is_empty() {
+                        // Chunks of 64, then powers of two: a handful of distinct statements, each prepared once
+                        // and then reused from the connection's statement cache.
+                        let n = if rest.len() >= AUDIT_ROWS_PER_INSERT {
+                            AUDIT_ROWS_PER_INSERT
+                        } else {
+                            1 << rest.len().ilog2()
+                        };
+                        let (chunk, tail) = rest.split_at(n);
+                        rest = tail;
+                        let mut sql = String::from(
+                            "INSERT INTO audit_events (id, at, action, actor_id, owner_id, team_id, file_key, detail) VALUES ",
+                        );
+                        for i in 0..chunk.len() {
+                            let n = i * 8;
+                            if i > 0 {
+                                sql.push_str(", ");
+                            }
+                            sql.push_str(&format!(
+                                "(CAST(${} AS {{uuid}}), ${}, ${}, CAST(${} AS {{uuid}}), CAST(${} AS {{uuid}}), \
+                                 CAST(${} AS {{uuid}}), ${}, ${})",
+                                n + 1, n + 2, n + 3, n + 4, n + 5, n + 6, n + 7, n + 8
+                            ));
+                        }
+                        let sql = q(&sql);
+                        let mut query = sqlx::query(sql);
+                        for event in chunk {
+                            query = query
+                                .bind(event.id.0.to_string())
+                                .bind(micros(event.at))
+                                .bind(event.action.as_str())
+                                .bind(event.actor.map(|u| u.0.to_string()))
+                                .bind(event.owner.map(|u| u.0.to_string()))
+                                .bind(event.team.map(|t| t.0.to_string()))
+                                .bind(event.file.as_ref().map(|k| k.as_str()))
+                                .bind(event.detail.as_deref());
+                        }
+                        query.execute(&mut *tx).await.map_err(store_error)?;
                     }
                     tx.commit().await.map_err(store_error)
                 }

@@ -83,6 +83,21 @@ impl PostgresStore {
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
         self.pool.begin().await
     }
+
+    /// `commit_files` in a transaction of its own: PostgreSQL commits concurrent transactions in parallel (and
+    /// groups their WAL flushes itself), so there is nothing to gain from batching them here.
+    async fn commit_files_durably(
+        &self,
+        files: &[handoff_core::FileRecord],
+        rules: &handoff_core::CommitRules,
+    ) -> StoreResult<handoff_core::CommitOutcome> {
+        let mut tx = self.begin_write().await.map_err(store_error)?;
+        let outcome = collab_impl::commit_files_in(&mut tx, files, rules).await?;
+        if outcome == handoff_core::CommitOutcome::Committed {
+            tx.commit().await.map_err(store_error)?;
+        }
+        Ok(outcome)
+    }
 }
 
 crate::collab::collaboration_store!(

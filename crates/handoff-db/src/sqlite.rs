@@ -4,6 +4,7 @@
 //! runs beside it thanks to WAL. Multi-statement writes use `BEGIN IMMEDIATE`.
 
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,6 +21,8 @@ use uuid::Uuid;
 
 use crate::{ConnectError, from_micros, micros, store_error};
 
+#[path = "sqlite_group.rs"]
+mod group;
 mod identity;
 #[path = "sqlite_uploads.rs"]
 mod uploads;
@@ -32,6 +35,8 @@ fn migrator() -> Migrator {
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Concurrent `commit_files` calls share one transaction (see `sqlite_group.rs`).
+    group: std::sync::Arc<group::GroupCommit>,
 }
 
 const FILE_COLUMNS: &str = "key, blob_id, owner_id, name, size, sha256, content_type, visibility, created_at, \
@@ -61,7 +66,11 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .map_err(ConnectError::Open)?;
-        Ok(Self { writer, reader })
+        Ok(Self {
+            writer,
+            reader,
+            group: std::sync::Arc::default(),
+        })
     }
 
     fn read(&self) -> &SqlitePool {
@@ -189,8 +198,9 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<User>> {
-        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        // Once per authenticated request: the statement text is built once, not per call.
+        static SQL: LazyLock<String> = LazyLock::new(|| format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?"));
+        sqlx::query(SQL.as_str())
             .bind(id.0.to_string())
             .fetch_optional(&self.reader)
             .await
@@ -362,8 +372,8 @@ impl MetadataStore for SqliteStore {
     }
 
     async fn file_by_key(&self, key: &FileKey) -> StoreResult<Option<FileRecord>> {
-        let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE key = ?");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        static SQL: LazyLock<String> = LazyLock::new(|| format!("SELECT {FILE_COLUMNS} FROM files WHERE key = ?"));
+        sqlx::query(SQL.as_str())
             .bind(key.as_str())
             .fetch_optional(&self.reader)
             .await

@@ -720,6 +720,58 @@ async fn concurrent_multi_account_commits_all_go_through() {
     }
 }
 
+/// A commit that fails (here: a key already taken) among many concurrent ones fails alone and leaves nothing
+/// behind, while the others go through: on SQLite concurrent commits share one transaction (group commit), each
+/// inside its own savepoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_commit_among_concurrent_ones_fails_alone() {
+    for (backend, store, _scratch) in backends().await {
+        let alice = user(store.as_ref(), "alice").await;
+        let at = handoff_core::now();
+        let taken = file(&alice, "taken", 1, at);
+        assert_eq!(
+            store
+                .commit_files(std::slice::from_ref(&taken), &rules(Quota::UNLIMITED))
+                .await
+                .unwrap(),
+            CommitOutcome::Committed
+        );
+        let mut clash = file(&alice, "clash", 1, at);
+        clash.key = taken.key.clone();
+        let doomed = vec![file(&alice, "innocent", 1, at), clash];
+        let mut batches: Vec<Vec<FileRecord>> = (0..24).map(|i| vec![file(&alice, &format!("ok{i}"), 1, at)]).collect();
+        batches.insert(12, doomed.clone());
+        let outcomes = join_all(
+            batches
+                .iter()
+                .map(|batch| {
+                    let (store, batch) = (store.clone(), batch.clone());
+                    async move { store.commit_files(&batch, &rules(Quota::UNLIMITED)).await }
+                })
+                .collect(),
+        )
+        .await;
+        for (i, outcome) in outcomes.iter().enumerate() {
+            if i == 12 {
+                assert!(matches!(outcome, Err(StoreError::Conflict)), "{backend}: {outcome:?}");
+            } else {
+                assert!(
+                    matches!(outcome, Ok(CommitOutcome::Committed)),
+                    "{backend}: {outcome:?}"
+                );
+            }
+        }
+        let listed = store.list_files(alice.id, None, 100).await.unwrap();
+        assert_eq!(listed.len(), 25, "{backend}: the 24 and the first file");
+        assert!(!listed.iter().any(|f| f.name.as_str() == "innocent"), "{backend}");
+        assert_eq!(
+            store.usage(Account::User(alice.id), Quota::UNLIMITED).await.unwrap(),
+            usage(25, 25, Quota::UNLIMITED),
+            "{backend}: only committed files are charged"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Upload links
 // ---------------------------------------------------------------------------------------------------------------
