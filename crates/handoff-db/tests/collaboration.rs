@@ -27,6 +27,7 @@ use uuid::Uuid;
 enum Scratch {
     Dir(tempfile::TempDir),
     Postgres(TestDatabase),
+    Dynamo(handoff_dynamo::testing::TestTable),
 }
 
 /// A fresh, empty store per call and backend.
@@ -44,6 +45,10 @@ async fn backends() -> Vec<(String, Arc<dyn MetadataStore>, Scratch)> {
             .await
             .unwrap_or_else(|e| panic!("connecting to {}: {e}", db.name));
         all.push(("postgres".to_owned(), store, Scratch::Postgres(db)));
+    }
+    if let Some(moto) = handoff_dynamo::testing::moto_server() {
+        let table = handoff_dynamo::testing::TestTable::create(&moto);
+        all.push(("dynamodb".to_owned(), table.store().await, Scratch::Dynamo(table)));
     }
     all
 }

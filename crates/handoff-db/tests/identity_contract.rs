@@ -17,6 +17,7 @@ use uuid::Uuid;
 enum Scratch {
     Dir(tempfile::TempDir),
     Postgres(TestDatabase),
+    Dynamo(handoff_dynamo::testing::TestTable),
 }
 
 async fn backends() -> Vec<(String, Arc<dyn MetadataStore>, Scratch)> {
@@ -31,6 +32,10 @@ async fn backends() -> Vec<(String, Arc<dyn MetadataStore>, Scratch)> {
         let db = TestDatabase::create(&admin_url).await;
         let store = handoff_db::connect(&db.url).await.unwrap();
         all.push(("postgres".to_owned(), store, Scratch::Postgres(db)));
+    }
+    if let Some(moto) = handoff_dynamo::testing::moto_server() {
+        let table = handoff_dynamo::testing::TestTable::create(&moto);
+        all.push(("dynamodb".to_owned(), table.store().await, Scratch::Dynamo(table)));
     }
     all
 }

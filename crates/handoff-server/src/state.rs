@@ -38,6 +38,13 @@ impl Deref for AppState {
 pub enum StartError {
     #[error("metadata store")]
     Database(#[from] handoff_db::ConnectError),
+    #[error("metadata store")]
+    Dynamo(#[from] handoff_dynamo::ConnectError),
+    #[error(
+        "limits.max_files_per_request is {0}, but a DynamoDB commit holds at most {max} files",
+        max = handoff_dynamo::MAX_FILES_PER_COMMIT
+    )]
+    TooManyFilesPerCommit(usize),
     #[error("blob store")]
     Storage(#[from] handoff_storage::OpenError),
     #[error("could not create the data directory {0}: {1}")]
@@ -61,7 +68,15 @@ pub async fn open_metadata(config: &Config) -> Result<Arc<dyn MetadataStore>, St
             .await
             .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
     }
-    Ok(handoff_db::connect(&config.database_url()).await?)
+    let url = config.database_url();
+    if url.starts_with("dynamodb:") {
+        // One upload request is one DynamoDB transaction, which holds a bounded number of items.
+        if config.limits.max_files_per_request > handoff_dynamo::MAX_FILES_PER_COMMIT {
+            return Err(StartError::TooManyFilesPerCommit(config.limits.max_files_per_request));
+        }
+        return Ok(handoff_dynamo::connect(&url).await?);
+    }
+    Ok(handoff_db::connect(&url).await?)
 }
 
 impl AppState {
