@@ -260,6 +260,7 @@ pub fn encode(origin: &RequestOrigin, response: Buffered) -> Result<Value, serde
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -6,6 +6,7 @@
 //! The stores are SQLite and a local directory in a temporary directory (a function would use /tmp the same way);
 //! Cognito is an in-process JWKS server publishing the server tests' fixture keys, with tokens shaped like Cognito
 //! access tokens.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 

@@ -3,6 +3,7 @@
 //! Handoff configuration.
 //!
 //! The template uses long-form intrinsics (`Fn::Sub:`, `Ref:`), so a plain YAML parser reads it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -328,7 +329,7 @@ fn resolve(template: &Value, value: &Value) -> Option<String> {
                 while let Some((before, after)) = rest.split_once("${") {
                     out.push_str(before);
                     let (_, tail) = after.split_once('}').unwrap();
-                    out.push_str("x");
+                    out.push('x');
                     rest = tail;
                 }
                 out.push_str(rest);

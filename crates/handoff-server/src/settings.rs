@@ -133,6 +133,7 @@ fn env_names() -> (Vec<String>, Vec<String>) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::config::TokenUse;
