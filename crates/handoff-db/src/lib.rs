@@ -13,6 +13,7 @@ use std::sync::Arc;
 use handoff_core::{MetadataStore, StoreError};
 
 mod collab;
+mod direct;
 mod postgres;
 mod sqlite;
 #[cfg(feature = "testing")]
@@ -57,6 +58,11 @@ macro_rules! migrator {
                 4,
                 "identity",
                 include_str!(concat!("../migrations/", $backend, "/0004_identity.sql")),
+            ),
+            migration(
+                6,
+                "direct_uploads",
+                include_str!(concat!("../migrations/", $backend, "/0006_direct_uploads.sql")),
             ),
         ];
         sqlx::migrate::Migrator {

@@ -33,6 +33,7 @@ pub struct Config {
     pub retention: Retention,
     pub sharing: Sharing,
     pub tus: Tus,
+    pub direct: Direct,
 }
 
 /// Default quotas for accounts that have none of their own (an admin sets those). Unset means unlimited.
@@ -126,6 +127,49 @@ impl Default for Tus {
     }
 }
 
+/// Direct transfers: upload sessions whose parts clients send straight to the blob store (`/upload-sessions`),
+/// and download URLs (`GET /files/{key}/download-url`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Direct {
+    /// Size of every part but the last. Raised for a file too large to fit in `max_parts` parts, and never below
+    /// what the store requires (S3: 5 MiB). A file no larger than one part is a single `PUT`.
+    pub part_size: u64,
+    /// Parts one session may have (S3 allows at most 10,000).
+    pub max_parts: u32,
+    /// Unexpired sessions one user may have open at once.
+    pub max_open_per_user: u32,
+    /// A session can be used for this long after it was created; then its parts are reclaimed.
+    pub expiry_secs: u64,
+    /// Lifetime of each signed URL (part uploads and downloads). Short: the access check happened when it was
+    /// minted.
+    pub url_ttl_secs: u64,
+    /// Part URLs one request may ask for.
+    pub max_urls_per_request: u32,
+    /// How long a completion may take (joining the parts and reading them once for SHA-256) before another
+    /// request may take the session over.
+    pub complete_timeout_secs: u64,
+    /// Where clients reach this server (`https://files.example.com`), for the URLs it signs itself (stores that
+    /// cannot sign, like the local directory). Unset: those URLs are paths (`/direct/...`), relative to the URL
+    /// the client called.
+    pub public_url: Option<String>,
+}
+
+impl Default for Direct {
+    fn default() -> Self {
+        Self {
+            part_size: 16 << 20,
+            max_parts: 10_000,
+            max_open_per_user: 20,
+            expiry_secs: 24 * 3600,
+            url_ttl_secs: 15 * 60,
+            max_urls_per_request: 100,
+            complete_timeout_secs: 3600,
+            public_url: None,
+        }
+    }
+}
+
 /// How file bytes reach a downloader.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -184,6 +228,10 @@ pub struct AuthConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     pub max_file_size: u64,
+    /// Largest request body `POST /files` accepts (the whole request, so a multipart body counts as one); larger
+    /// uploads are refused with `413 use_upload_session`. Unset: only `max_file_size` applies. A Lambda
+    /// deployment sets it just under the 6 MB payload limit.
+    pub max_inline_upload: Option<u64>,
     pub max_files_per_request: usize,
     pub max_json_body: usize,
     /// Upper bound on a request's header section.
@@ -225,6 +273,7 @@ impl Default for Config {
             retention: Retention::default(),
             sharing: Sharing::default(),
             tus: Tus::default(),
+            direct: Direct::default(),
         }
     }
 }
@@ -251,6 +300,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_file_size: 100 << 30,
+            max_inline_upload: None,
             max_files_per_request: 100,
             max_json_body: 64 << 10,
             max_header_bytes: 16 << 10,
@@ -351,6 +401,7 @@ impl std::fmt::Debug for Config {
             .field("retention", &shown.retention)
             .field("sharing", &shown.sharing)
             .field("tus", &shown.tus)
+            .field("direct", &shown.direct)
             .finish()
     }
 }

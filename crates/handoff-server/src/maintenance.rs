@@ -1,5 +1,5 @@
 //! Background collection, safe to run while uploads are in flight: expired resumable uploads
-//! (`uploads::expiry`), partial uploads and orphaned blobs (bytes that
+//! (`uploads::expiry`) and direct upload sessions (`direct::reclaim`), partial uploads and orphaned blobs (bytes that
 //! no file row references, left by a crash between commit and insert or a failed delete) are removed once they are
 //! older than the grace period, which is far longer than any commit takes.
 
@@ -33,6 +33,9 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
         }
         if let Err(e) = crate::uploads::expiry::reclaim(&state).await {
             tracing::warn!(error = %e, "reclaiming expired uploads failed");
+        }
+        if let Err(e) = crate::direct::reclaim(&state).await {
+            tracing::warn!(error = %e, "reclaiming expired upload sessions failed");
         }
     }
 }
@@ -71,8 +74,11 @@ pub async fn expire(state: &AppState) -> Result<u64, handoff_core::StoreError> {
 pub async fn collect(state: &AppState, grace: Duration) -> Result<u64, handoff_core::StoreError> {
     let mut removed = state.blobs.sweep_incomplete(grace).await?;
     for blob in state.blobs.list_older_than(grace).await? {
-        // A finished resumable upload's blob waits here for its row while its session is still open.
-        if !state.meta.blob_is_referenced(blob).await? && !state.meta.blob_in_open_upload(blob).await? {
+        // A finished resumable or direct upload's blob waits here for its row while its session is still open.
+        if !state.meta.blob_is_referenced(blob).await?
+            && !state.meta.blob_in_open_upload(blob).await?
+            && !state.meta.blob_in_direct_upload(blob).await?
+        {
             state.blobs.delete(blob).await?;
             removed += 1;
         }

@@ -7,6 +7,7 @@ mod admin_audit;
 mod api_tokens;
 mod auth;
 mod backends;
+mod direct;
 mod files;
 mod helpers;
 mod mass_assignment;
