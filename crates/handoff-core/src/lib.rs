@@ -4,6 +4,7 @@
 //!
 //! This crate knows nothing of HTTP, SQL or any cloud SDK: adapters translate to and from these types.
 
+pub mod direct;
 pub mod identity;
 pub mod ids;
 pub mod model;
@@ -13,6 +14,7 @@ pub mod ports;
 pub mod sharing;
 pub mod uploads;
 
+pub use direct::{DirectBlobStore, DirectUpload, DirectUploadStore, StoredPart};
 pub use identity::{ApiTokenRecord, ApiTokenScope, IdentityStore, NewApiToken, NewExternalUser};
 pub use ids::{AuditId, BlobId, FileKey, LinkToken, RefreshTokenSecret, ShareId, TeamId, UploadLinkId, UserId};
 pub use model::{

@@ -61,7 +61,13 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// Everything the service remembers except file bytes.
 #[async_trait]
 pub trait MetadataStore:
-    CollaborationStore + crate::identity::IdentityStore + crate::uploads::UploadStore + Send + Sync + std::fmt::Debug
+    CollaborationStore
+    + crate::identity::IdentityStore
+    + crate::uploads::UploadStore
+    + crate::direct::DirectUploadStore
+    + Send
+    + Sync
+    + std::fmt::Debug
 {
     /// Cheap round trip, for readiness.
     async fn ping(&self) -> StoreResult<()>;
@@ -254,7 +260,9 @@ impl std::fmt::Debug for BlobReader {
 
 /// Where file bytes live. Objects are written once under a server-made [`BlobId`] and never overwritten.
 #[async_trait]
-pub trait BlobStore: crate::uploads::ResumableBlobStore + Send + Sync + std::fmt::Debug {
+pub trait BlobStore:
+    crate::uploads::ResumableBlobStore + crate::direct::DirectBlobStore + Send + Sync + std::fmt::Debug
+{
     async fn ping(&self) -> StoreResult<()>;
 
     /// Starts a new blob. Nothing is visible under its id until [`BlobWriter::commit`] returns.

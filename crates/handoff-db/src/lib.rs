@@ -13,6 +13,7 @@ use std::sync::Arc;
 use handoff_core::{MetadataStore, StoreError};
 
 mod collab;
+mod direct;
 mod postgres;
 mod sqlite;
 #[cfg(feature = "testing")]
@@ -62,6 +63,11 @@ macro_rules! migrator {
                 5,
                 "upload_link_sessions",
                 include_str!(concat!("../migrations/", $backend, "/0005_upload_link_sessions.sql")),
+            ),
+            migration(
+                6,
+                "direct_uploads",
+                include_str!(concat!("../migrations/", $backend, "/0006_direct_uploads.sql")),
             ),
         ];
         sqlx::migrate::Migrator {

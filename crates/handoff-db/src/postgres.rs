@@ -109,6 +109,14 @@ crate::collab::collaboration_store!(
     skip_locked = "FOR UPDATE SKIP LOCKED"
 );
 
+crate::direct::direct_upload_store!(
+    super::PostgresStore,
+    db = sqlx::Postgres,
+    row = super::PgRow,
+    uuid = "uuid",
+    for_update = "FOR UPDATE"
+);
+
 /// Advisory-lock key that makes "the first account becomes admin" exact across nodes ("hndadmn" in ASCII).
 const FIRST_ADMIN_LOCK: i64 = 0x68_6e_64_61_64_6d_6e;
 

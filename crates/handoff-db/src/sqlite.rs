@@ -96,6 +96,14 @@ crate::collab::collaboration_store!(
     skip_locked = ""
 );
 
+crate::direct::direct_upload_store!(
+    super::SqliteStore,
+    db = sqlx::Sqlite,
+    row = super::SqliteRow,
+    uuid = "TEXT",
+    for_update = ""
+);
+
 fn text_uuid(row: &SqliteRow, column: &str) -> StoreResult<Uuid> {
     let text: String = row.try_get(column).map_err(store_error)?;
     Uuid::parse_str(&text).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))

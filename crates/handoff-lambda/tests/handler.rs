@@ -510,6 +510,7 @@ async fn a_scheduled_event_runs_maintenance() {
     assert_eq!(report["completed"], true, "{report}");
     assert_eq!(report["maintenance"]["expired_files"], 1, "{report}");
     assert_eq!(report["maintenance"]["reclaimed_uploads"], 0, "{report}");
+    assert_eq!(report["maintenance"]["reclaimed_direct_uploads"], 0, "{report}");
 
     let response = function
         .invoke(function.v2("GET", &format!("/files/{key}/content"), &token))

@@ -34,6 +34,7 @@ pub struct Config {
     pub sharing: Sharing,
     pub tus: Tus,
     pub cors: Cors,
+    pub direct: Direct,
 }
 
 /// Cross-origin requests from browsers (for example tus-js-client in a page served elsewhere). With no origins
@@ -150,6 +151,49 @@ impl Default for Tus {
     }
 }
 
+/// Direct transfers: upload sessions whose parts clients send straight to the blob store (`/upload-sessions`),
+/// and download URLs (`GET /files/{key}/download-url`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Direct {
+    /// Size of every part but the last. Raised for a file too large to fit in `max_parts` parts, and never below
+    /// what the store requires (S3: 5 MiB). A file no larger than one part is a single `PUT`.
+    pub part_size: u64,
+    /// Parts one session may have (S3 allows at most 10,000).
+    pub max_parts: u32,
+    /// Unexpired sessions one user may have open at once.
+    pub max_open_per_user: u32,
+    /// A session can be used for this long after it was created; then its parts are reclaimed.
+    pub expiry_secs: u64,
+    /// Lifetime of each signed URL (part uploads and downloads). Short: the access check happened when it was
+    /// minted.
+    pub url_ttl_secs: u64,
+    /// Part URLs one request may ask for.
+    pub max_urls_per_request: u32,
+    /// How long a completion may take (joining the parts and reading them once for SHA-256) before another
+    /// request may take the session over.
+    pub complete_timeout_secs: u64,
+    /// Where clients reach this server (`https://files.example.com`), for the URLs it signs itself (stores that
+    /// cannot sign, like the local directory). Unset: those URLs are paths (`/direct/...`), relative to the URL
+    /// the client called.
+    pub public_url: Option<String>,
+}
+
+impl Default for Direct {
+    fn default() -> Self {
+        Self {
+            part_size: 16 << 20,
+            max_parts: 10_000,
+            max_open_per_user: 20,
+            expiry_secs: 24 * 3600,
+            url_ttl_secs: 15 * 60,
+            max_urls_per_request: 100,
+            complete_timeout_secs: 3600,
+            public_url: None,
+        }
+    }
+}
+
 /// How file bytes reach a downloader.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -208,6 +252,10 @@ pub struct AuthConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     pub max_file_size: u64,
+    /// Largest request body `POST /files` accepts (the whole request, so a multipart body counts as one); larger
+    /// uploads are refused with `413 use_upload_session`. Unset: only `max_file_size` applies. A Lambda
+    /// deployment sets it just under the 6 MB payload limit.
+    pub max_inline_upload: Option<u64>,
     pub max_files_per_request: usize,
     pub max_json_body: usize,
     /// Upper bound on a request's header section.
@@ -250,6 +298,7 @@ impl Default for Config {
             sharing: Sharing::default(),
             tus: Tus::default(),
             cors: Cors::default(),
+            direct: Direct::default(),
         }
     }
 }
@@ -276,6 +325,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_file_size: 100 << 30,
+            max_inline_upload: None,
             max_files_per_request: 100,
             max_json_body: 64 << 10,
             max_header_bytes: 16 << 10,
@@ -377,6 +427,7 @@ impl std::fmt::Debug for Config {
             .field("sharing", &shown.sharing)
             .field("tus", &shown.tus)
             .field("cors", &shown.cors)
+            .field("direct", &shown.direct)
             .finish()
     }
 }

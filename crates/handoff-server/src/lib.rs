@@ -5,13 +5,15 @@
 //! Module map: `auth` (accounts and tokens), `files` (upload, download, metadata), `health`, `openapi`, `error`
 //! (problem+json), `config`, `settings` (layering the configuration), `state`, `serve` (accept loop and timeouts),
 //! `maintenance` (background collection), `migrate` (copying an instance to other backends), `uploads` (resumable
-//! tus uploads), `cors` (cross-origin browser access).
+//! tus uploads), `cors` (cross-origin browser access), `direct` (upload sessions and download URLs whose bytes go
+//! straight to and from the blob store).
 
 pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod cors;
+pub mod direct;
 pub mod error;
 pub mod files;
 pub mod health;
@@ -48,6 +50,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(admin::routes())
         .merge(health::routes())
         .merge(uploads::routes())
+        .merge(direct::routes())
 }
 
 /// The OpenAPI document of every route [`router`] serves.

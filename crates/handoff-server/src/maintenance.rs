@@ -1,5 +1,5 @@
 //! Background collection, safe to run while uploads are in flight: expired resumable uploads
-//! (`uploads::expiry`), partial uploads and orphaned blobs (bytes that
+//! (`uploads::expiry`) and direct upload sessions (`direct::reclaim`), partial uploads and orphaned blobs (bytes that
 //! no file row references, left by a crash between commit and insert or a failed delete) are removed once they are
 //! older than the grace period, which is far longer than any commit takes.
 
@@ -33,10 +33,11 @@ pub struct PassReport {
     pub expired_files: Option<u64>,
     pub collected_blobs: Option<u64>,
     pub reclaimed_uploads: Option<u64>,
+    pub reclaimed_direct_uploads: Option<u64>,
 }
 
 /// One round of every maintenance job: retention, collection of orphaned and partial blobs (older than
-/// `maintenance.orphan_grace_secs`), expired resumable uploads. Safe on several nodes or invocations at once;
+/// `maintenance.orphan_grace_secs`), expired resumable uploads and direct upload sessions. Safe on several nodes or invocations at once;
 /// cancelling it between steps (a deadline) leaves nothing that the next pass does not finish. The background
 /// task of `serve` runs it every `maintenance.interval_secs`; the Lambda function runs it on a schedule.
 pub async fn pass(state: &AppState) -> PassReport {
@@ -53,6 +54,10 @@ pub async fn pass(state: &AppState) -> PassReport {
     match crate::uploads::expiry::reclaim(state).await {
         Ok(n) => report.reclaimed_uploads = Some(n),
         Err(e) => tracing::warn!(error = %e, "reclaiming expired uploads failed"),
+    }
+    match crate::direct::reclaim(state).await {
+        Ok(n) => report.reclaimed_direct_uploads = Some(n),
+        Err(e) => tracing::warn!(error = %e, "reclaiming expired upload sessions failed"),
     }
     // Events recorded by the pass (`file.expire`) are written before it reports done: a frozen or stopped
     // process must not hold them.
@@ -94,8 +99,11 @@ pub async fn expire(state: &AppState) -> Result<u64, handoff_core::StoreError> {
 pub async fn collect(state: &AppState, grace: Duration) -> Result<u64, handoff_core::StoreError> {
     let mut removed = state.blobs.sweep_incomplete(grace).await?;
     for blob in state.blobs.list_older_than(grace).await? {
-        // A finished resumable upload's blob waits here for its row while its session is still open.
-        if !state.meta.blob_is_referenced(blob).await? && !state.meta.blob_in_open_upload(blob).await? {
+        // A finished resumable or direct upload's blob waits here for its row while its session is still open.
+        if !state.meta.blob_is_referenced(blob).await?
+            && !state.meta.blob_in_open_upload(blob).await?
+            && !state.meta.blob_in_direct_upload(blob).await?
+        {
             state.blobs.delete(blob).await?;
             removed += 1;
         }

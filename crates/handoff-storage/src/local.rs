@@ -19,6 +19,8 @@ use uuid::Uuid;
 
 use crate::OpenError;
 
+#[path = "local_direct.rs"]
+mod direct;
 #[path = "local_resumable.rs"]
 mod resumable;
 

@@ -9,6 +9,8 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use handoff_core::{BlobId, BlobReader, BlobStore, BlobWriter, StoreError, StoreResult};
 
+#[path = "memory_direct.rs"]
+mod direct;
 #[path = "memory_resumable.rs"]
 mod resumable;
 
@@ -17,6 +19,8 @@ pub struct MemoryStore {
     blobs: Arc<Mutex<HashMap<BlobId, (Bytes, Instant)>>>,
     /// Resumable uploads' checkpointed bytes.
     partials: Arc<Mutex<HashMap<BlobId, Bytes>>>,
+    /// Direct uploads' parts: blob → number → (etag, bytes).
+    direct: Arc<Mutex<HashMap<BlobId, std::collections::BTreeMap<u32, (String, Bytes)>>>>,
 }
 
 impl MemoryStore {

@@ -30,6 +30,8 @@ use uuid::Uuid;
 
 use crate::OpenError;
 
+#[path = "s3_direct.rs"]
+mod direct;
 #[path = "s3_resumable.rs"]
 mod resumable;
 
@@ -43,6 +45,8 @@ const PARTS_PER_DOUBLING: usize = 2_000;
 pub struct S3Store {
     store: Arc<AmazonS3>,
     prefix: String,
+    /// For the one S3 call object_store does not offer (ListParts), sent as a request we sign ourselves.
+    http: reqwest::Client,
 }
 
 /// Never echoes the URL: it may carry credentials.
@@ -95,9 +99,16 @@ impl S3Store {
             .with_client_options(client)
             .build()
             .map_err(open_error)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(open_error)?;
         Ok(Self {
             store: Arc::new(store),
             prefix,
+            http,
         })
     }
 

@@ -193,3 +193,95 @@ async fn presigned_urls_work_with_a_plain_client_and_only_as_signed() {
         assert_eq!(read(store, id, None).await, bytes, "still there");
     }
 }
+
+/// Sends part `number` the way a client would: to the store's presigned URL with a plain HTTP client, or (stores
+/// that cannot sign) through `put_direct_part`, as the server does with the bodies it receives.
+async fn send_part(store: &dyn BlobStore, blob: BlobId, state: &str, number: u32, bytes: Vec<u8>) -> String {
+    match store
+        .direct_part_url(blob, state, number, Duration::from_secs(60))
+        .await
+        .unwrap()
+    {
+        Some(url) => {
+            let response = reqwest::Client::new().put(url).body(bytes).send().await.unwrap();
+            assert!(response.status().is_success(), "{}", response.status());
+            response.headers()["etag"].to_str().unwrap().to_owned()
+        }
+        None => {
+            let body = futures::stream::iter([Ok(Bytes::from(bytes))]);
+            store
+                .put_direct_part(blob, state, number, Box::pin(body))
+                .await
+                .unwrap()
+        }
+    }
+}
+
+#[tokio::test]
+async fn direct_uploads_join_parts_at_the_blob_and_only_as_listed() {
+    for backend in backends().await {
+        let store = backend.store.as_ref();
+        let part = usize::try_from(store.min_part_size()).unwrap().max(1000);
+        let bytes = pattern(2 * part + 77);
+        let blob = BlobId::generate();
+        let state = store.begin_direct(blob).await.unwrap();
+        assert!(
+            store.direct_parts(blob, &state).await.unwrap().is_empty(),
+            "{}",
+            backend.name
+        );
+        let tag3 = send_part(store, blob, &state, 3, bytes[2 * part..].to_vec()).await;
+        let tag1 = send_part(store, blob, &state, 1, bytes[..part].to_vec()).await;
+        // Part 2 sent twice: the second replaces the first.
+        let stale = send_part(store, blob, &state, 2, pattern(part)).await;
+        let tag2 = send_part(store, blob, &state, 2, bytes[part..2 * part].to_vec()).await;
+        let listed = store.direct_parts(blob, &state).await.unwrap();
+        let sizes: Vec<(u32, u64)> = listed.iter().map(|p| (p.number, p.size)).collect();
+        assert_eq!(
+            sizes,
+            vec![(1, part as u64), (2, part as u64), (3, 77)],
+            "{}",
+            backend.name
+        );
+        if let Some(etag) = &listed[1].etag {
+            assert_eq!(etag.as_str(), tag2.trim_matches('"'), "{}", backend.name);
+            let wrong = [(1, tag1.clone()), (2, stale), (3, tag3.clone())];
+            assert!(
+                matches!(
+                    store.complete_direct(blob, &state, &wrong).await,
+                    Err(StoreError::Conflict)
+                ),
+                "{}",
+                backend.name
+            );
+        }
+        // Nothing is visible before completion.
+        assert!(
+            matches!(store.open(blob, None).await, Err(StoreError::NotFound)),
+            "{}",
+            backend.name
+        );
+        let missing = [(1, tag1.clone()), (3, tag3.clone())];
+        assert!(
+            store.complete_direct(blob, &state, &missing).await.is_err(),
+            "{}",
+            backend.name
+        );
+        let parts = [(1, tag1), (2, tag2), (3, tag3)];
+        store.complete_direct(blob, &state, &parts).await.unwrap();
+        assert_eq!(read(store, blob, None).await, bytes, "{}", backend.name);
+        // Idempotent, and the blob is an ordinary committed blob.
+        store.complete_direct(blob, &state, &parts).await.unwrap();
+        assert!(store.list_older_than(Duration::ZERO).await.unwrap().contains(&blob));
+
+        // Abort discards the parts and is idempotent.
+        let other = BlobId::generate();
+        let state = store.begin_direct(other).await.unwrap();
+        send_part(store, other, &state, 1, pattern(10)).await;
+        store.abort_direct(other, &state).await.unwrap();
+        store.abort_direct(other, &state).await.unwrap();
+        let left = store.direct_parts(other, &state).await;
+        assert!(left.is_err() || left.unwrap().is_empty(), "{}", backend.name);
+        assert!(matches!(store.open(other, None).await, Err(StoreError::NotFound)));
+    }
+}

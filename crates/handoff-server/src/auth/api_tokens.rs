@@ -46,8 +46,10 @@ pub fn permits(scope: ApiTokenScope, method: &Method, path: &str) -> bool {
         ApiTokenScope::ReadOnly => method == Method::GET || method == Method::HEAD,
         ApiTokenScope::UploadOnly => {
             let uploads = path == "/uploads" || path.starts_with("/uploads/");
+            let sessions = path == "/upload-sessions" || path.starts_with("/upload-sessions/");
             (method == Method::POST && path == "/files")
                 || (uploads && (method == Method::POST || method == Method::PATCH || method == Method::HEAD))
+                || (sessions && (method == Method::POST || method == Method::GET))
         }
     }
 }
@@ -288,6 +290,10 @@ mod tests {
             (UploadOnly, Method::POST, "/files", true),
             (UploadOnly, Method::POST, "/uploads", true),
             (UploadOnly, Method::PATCH, "/uploads/abc", true),
+            (UploadOnly, Method::POST, "/upload-sessions", true),
+            (UploadOnly, Method::POST, "/upload-sessions/abc/complete", true),
+            (UploadOnly, Method::GET, "/upload-sessions/abc", true),
+            (UploadOnly, Method::DELETE, "/upload-sessions/abc", false),
             (UploadOnly, Method::GET, "/files", false),
             (UploadOnly, Method::GET, "/files/x/content", false),
             (UploadOnly, Method::POST, "/files/x", false),

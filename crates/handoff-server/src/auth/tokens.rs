@@ -50,7 +50,18 @@ struct KeySet {
     signer: EncodingKey,
     verifiers: HashMap<String, DecodingKey>,
     public: Vec<(String, Vec<u8>)>,
+    /// Keys for URLs the server signs itself (direct transfers on stores that cannot sign), derived from each
+    /// signing key, so every node sharing the metadata store has them and nothing new has to be stored.
+    url_keys: HashMap<String, [u8; 32]>,
     loaded_at: Instant,
+}
+
+/// `HMAC-SHA256(private key, label)`: a key for another purpose that reveals nothing about the signing key.
+fn derive_url_key(private_der: &[u8]) -> [u8; 32] {
+    use hmac::{KeyInit as _, Mac as _};
+    let mut mac = <hmac::Hmac<sha2::Sha256>>::new_from_slice(private_der).expect("HMAC takes keys of any length");
+    mac.update(b"handoff signed URLs v1");
+    mac.finalize().into_bytes().into()
 }
 
 /// Tokens already verified, so that a client reusing its token pays for one signature check, not one per
@@ -143,6 +154,10 @@ async fn load_keys(meta: &dyn MetadataStore, activation: Duration) -> StoreResul
             .map(|k| (k.kid.clone(), DecodingKey::from_ed_der(&k.public_raw)))
             .collect(),
         public: records.iter().map(|k| (k.kid.clone(), k.public_raw.clone())).collect(),
+        url_keys: records
+            .iter()
+            .map(|k| (k.kid.clone(), derive_url_key(&k.private_der)))
+            .collect(),
         loaded_at: Instant::now(),
     })
 }
@@ -206,6 +221,34 @@ impl TokenService {
         let mut header = Header::new(ALGORITHM);
         header.kid = Some(keys.signer_kid.clone());
         jsonwebtoken::encode(&header, &claims, &keys.signer).map_err(|e| TokenError::Store(StoreError::other(e)))
+    }
+
+    /// The key that signs server-made URLs now, with its id (the signing key's `kid`).
+    pub async fn url_signing_key(&self) -> Result<(String, [u8; 32]), TokenError> {
+        let stale = self.keys.read().await.loaded_at.elapsed() >= RELOAD_INTERVAL;
+        if stale {
+            let fresh = load_keys(self.meta.as_ref(), self.activation).await?;
+            *self.keys.write().await = fresh;
+        }
+        let keys = self.keys.read().await;
+        let key = keys
+            .url_keys
+            .get(&keys.signer_kid)
+            .ok_or_else(|| TokenError::Store(StoreError::Corrupt("no URL key for the signer".into())))?;
+        Ok((keys.signer_kid.clone(), *key))
+    }
+
+    /// The URL key with id `kid`, reloading the key set (at most once per interval) for a `kid` another node may
+    /// have just started using; `None` for a `kid` that names no key.
+    pub async fn url_key(&self, kid: &str) -> Result<Option<[u8; 32]>, TokenError> {
+        if let Some(key) = self.keys.read().await.url_keys.get(kid) {
+            return Ok(Some(*key));
+        }
+        let mut keys = self.keys.write().await;
+        if keys.loaded_at.elapsed() >= UNKNOWN_KID_RELOAD_INTERVAL {
+            *keys = load_keys(self.meta.as_ref(), self.activation).await?;
+        }
+        Ok(keys.url_keys.get(kid).copied())
     }
 
     /// The user id a valid token speaks for.

@@ -6,7 +6,7 @@ use std::ops::Range;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use handoff_core::{FileName, FileRecord, StoreError};
+use handoff_core::{BlobId, FileName, FileRecord, StoreError};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use time::OffsetDateTime;
 use time::macros::format_description;
@@ -126,12 +126,47 @@ fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
 }
 
+/// What a download serves: a file's bytes and the attributes its response carries.
+#[derive(Debug)]
+pub struct Served<'a> {
+    pub blob: BlobId,
+    pub size: u64,
+    pub sha256: &'a str,
+    pub name: &'a FileName,
+    pub content_type: &'a str,
+    pub modified: OffsetDateTime,
+}
+
+impl<'a> From<&'a FileRecord> for Served<'a> {
+    fn from(file: &'a FileRecord) -> Self {
+        Self {
+            blob: file.blob,
+            size: file.size,
+            sha256: &file.sha256,
+            name: &file.name,
+            content_type: &file.content_type,
+            modified: file.created_at,
+        }
+    }
+}
+
 /// The response for a download the caller is allowed to make.
 pub async fn respond(state: &AppState, file: &FileRecord, headers: &HeaderMap) -> ApiResult<Response> {
-    let etag = etag(file);
+    let redirect = state.config.downloads.mode == DownloadMode::Redirect;
+    respond_served(state, &Served::from(file), headers, redirect).await
+}
+
+/// As [`respond`], for bytes described by `file`; `redirect` allows answering with a presigned URL.
+pub async fn respond_served(
+    state: &AppState,
+    file: &Served<'_>,
+    headers: &HeaderMap,
+    redirect: bool,
+) -> ApiResult<Response> {
+    let etag = format!("\"{}\"", file.sha256);
     let mut common = HeaderMap::new();
     common.insert(header::ETAG, header_value(&etag));
-    common.insert(header::LAST_MODIFIED, header_value(&http_date(file.created_at)));
+    common.insert(header::LAST_MODIFIED, header_value(&http_date(file.modified)));
     common.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
     common.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
 
@@ -139,9 +174,7 @@ pub async fn respond(state: &AppState, file: &FileRecord, headers: &HeaderMap) -
         return Ok((StatusCode::NOT_MODIFIED, common).into_response());
     }
 
-    if state.config.downloads.mode == DownloadMode::Redirect
-        && let Some(redirect) = presigned_redirect(state, file).await?
-    {
+    if redirect && let Some(redirect) = presigned_redirect(state, file).await? {
         return Ok(redirect);
     }
 
@@ -172,9 +205,9 @@ pub async fn respond(state: &AppState, file: &FileRecord, headers: &HeaderMap) -
     *response.status_mut() = status;
     let out = response.headers_mut();
     out.extend(common);
-    out.insert(header::CONTENT_TYPE, header_value(&file.content_type));
+    out.insert(header::CONTENT_TYPE, header_value(file.content_type));
     out.insert(header::CONTENT_LENGTH, HeaderValue::from(reader.len));
-    out.insert(header::CONTENT_DISPOSITION, content_disposition(&file.name));
+    out.insert(header::CONTENT_DISPOSITION, content_disposition(file.name));
     out.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     out.insert(
         header::CONTENT_SECURITY_POLICY,
@@ -191,13 +224,13 @@ pub async fn respond(state: &AppState, file: &FileRecord, headers: &HeaderMap) -
 
 /// `302` to a presigned URL of the blob, minted now, after the caller's access was checked; `None` when the
 /// store cannot sign. The store serves the bytes with our `Content-Disposition` and type, and handles `Range`.
-async fn presigned_redirect(state: &AppState, file: &FileRecord) -> ApiResult<Option<Response>> {
+async fn presigned_redirect(state: &AppState, file: &Served<'_>) -> ApiResult<Option<Response>> {
     let ttl = std::time::Duration::from_secs(state.config.downloads.presigned_ttl_secs);
-    let disposition = content_disposition(&file.name);
+    let disposition = content_disposition(file.name);
     let disposition = disposition.to_str().unwrap_or("attachment");
     let Some(url) = state
         .blobs
-        .presigned_get(file.blob, ttl, disposition, &file.content_type)
+        .presigned_get(file.blob, ttl, disposition, file.content_type)
         .await?
     else {
         return Ok(None);

@@ -304,7 +304,12 @@ pub async fn live_file(state: &AppState, key: &FileKey) -> ApiResult<Option<File
 }
 
 /// Looks up the file behind a client-supplied key and applies the access policy.
-async fn authorized_file(state: &AppState, user: &User, raw_key: &str, action: FileAction) -> ApiResult<FileRecord> {
+pub async fn authorized_file(
+    state: &AppState,
+    user: &User,
+    raw_key: &str,
+    action: FileAction,
+) -> ApiResult<FileRecord> {
     let key = FileKey::parse(raw_key).ok_or_else(ApiError::file_not_found)?;
     let file = live_file(state, &key).await?.ok_or_else(ApiError::file_not_found)?;
     check_file(state, user, &file, action).await?;
@@ -326,7 +331,7 @@ pub async fn own_space(state: &AppState, user: &User) -> ApiResult<upload::Desti
 }
 
 /// What the user's quota still allows: stored files count, and so do the bytes their unfinished resumable uploads
-/// already hold, so that uploads in progress cannot together promise more than the quota.
+/// and direct upload sessions reserve, so that uploads in progress cannot together promise more than the quota.
 async fn personal_room(state: &AppState, user: &User) -> ApiResult<(Option<u64>, Option<u64>)> {
     let account = handoff_core::Account::User(user.id);
     let usage = state
@@ -335,14 +340,29 @@ async fn personal_room(state: &AppState, user: &User) -> ApiResult<(Option<u64>,
         .await?;
     let bytes_left = match usage.bytes_left() {
         None => None,
-        Some(left) => Some(left.saturating_sub(state.meta.open_upload_bytes(account).await?)),
+        Some(left) => {
+            let reserved = state.meta.open_upload_bytes(account).await?
+                + state.meta.open_direct_bytes(account, handoff_core::now()).await?;
+            Some(left.saturating_sub(reserved))
+        }
     };
     Ok((bytes_left, usage.files_left()))
 }
 
 /// Where a signed-in user's upload goes: their own space, or a team where they may upload.
 async fn destination(state: &AppState, user: &User, query: &UploadQuery) -> ApiResult<upload::Destination> {
-    let team = match &query.team {
+    destination_for(state, user, query.team.as_deref(), query.expires_in).await
+}
+
+/// The destination of an upload into `team` (its id; at least the `member` role) or the user's own space, with
+/// the room its quota leaves after what open direct upload sessions reserve, and the file expiry asked for.
+pub async fn destination_for(
+    state: &AppState,
+    user: &User,
+    team: Option<&str>,
+    expires_in: Option<u64>,
+) -> ApiResult<upload::Destination> {
+    let team = match team {
         Some(raw) => {
             let team = parse_team_id(raw)?;
             if team_role(state, team, user).await? == TeamRole::Viewer {
@@ -363,7 +383,11 @@ async fn destination(state: &AppState, user: &User, query: &UploadQuery) -> ApiR
                 .await?;
             let bytes_left = match usage.bytes_left() {
                 None => None,
-                Some(left) => Some(left.saturating_sub(state.meta.open_upload_bytes(account).await?)),
+                Some(left) => {
+                    let reserved = state.meta.open_upload_bytes(account).await?
+                        + state.meta.open_direct_bytes(account, handoff_core::now()).await?;
+                    Some(left.saturating_sub(reserved))
+                }
             };
             (bytes_left, usage.files_left())
         }
@@ -372,7 +396,7 @@ async fn destination(state: &AppState, user: &User, query: &UploadQuery) -> ApiR
         uploader: user.id,
         team,
         upload_link: None,
-        expires_at: expiry(state, query.expires_in)?,
+        expires_at: expiry(state, expires_in)?,
         bytes_left,
         files_left,
         room_error: upload::quota_exceeded,
@@ -423,7 +447,7 @@ async fn list_or_download(
             body = UploadResponse),
         (status = 400, description = "Missing or invalid name, malformed multipart, or interrupted body", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "File too large or too many files", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "File too large or too many files; `use_upload_session` when the body exceeds `limits.max_inline_upload`", body = Problem, content_type = "application/problem+json"),
         (status = 507, description = "No space left", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn upload(
@@ -433,8 +457,23 @@ async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    let inline_max = state.config.limits.max_inline_upload;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(max) = inline_max
+        && declared.is_some_and(|n| n > max)
+    {
+        return Err(upload::use_upload_session(max));
+    }
     let dest = destination(&state, &user, &query).await?;
-    let records = upload::store_upload(
+    let exceeded = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let body = match inline_max {
+        Some(max) => upload::limit_body(body, max, exceeded.clone()),
+        None => body,
+    };
+    let stored = upload::store_upload(
         &state,
         &dest,
         &headers,
@@ -442,7 +481,13 @@ async fn upload(
         query.visibility,
         body,
     )
-    .await?;
+    .await;
+    let records = match (stored, inline_max) {
+        (Err(_), Some(max)) if exceeded.load(std::sync::atomic::Ordering::Relaxed) => {
+            return Err(upload::use_upload_session(max));
+        }
+        (stored, _) => stored?,
+    };
     for record in &records {
         state
             .audit

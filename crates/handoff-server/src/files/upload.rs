@@ -40,6 +40,34 @@ pub fn too_large(max: u64) -> ApiError {
     )
 }
 
+/// `POST /files` bodies are bounded (`limits.max_inline_upload`, e.g. a Lambda's payload limit): larger files
+/// go through the upload-session API.
+pub fn use_upload_session(max: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "use_upload_session",
+        format!(
+            "POST /files accepts at most {max} bytes here; send larger files through an upload session: \
+             POST /upload-sessions, PUT the parts to the URLs it gives, then POST /upload-sessions/{{id}}/complete"
+        ),
+    )
+}
+
+/// `body`, cut off with an error once more than `max` bytes went through (and `exceeded` set, so the caller can
+/// tell this apart from other failures).
+pub fn limit_body(body: Body, max: u64, exceeded: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Body {
+    let mut seen: u64 = 0;
+    Body::from_stream(body.into_data_stream().map(move |chunk| {
+        let chunk = chunk?;
+        seen += chunk.len() as u64;
+        if seen > max {
+            exceeded.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(axum::Error::new(std::io::Error::other("inline upload limit exceeded")));
+        }
+        Ok(chunk)
+    }))
+}
+
 pub fn quota_exceeded() -> ApiError {
     ApiError::new(
         StatusCode::INSUFFICIENT_STORAGE,

@@ -8,6 +8,7 @@ mod api_tokens;
 mod auth;
 mod backends;
 mod cors;
+mod direct;
 mod files;
 mod helpers;
 mod mass_assignment;
