@@ -69,6 +69,7 @@ use handoff_core::MetadataStore;
 mod client;
 mod collab;
 mod core;
+mod direct;
 mod identity;
 pub mod item;
 mod links;

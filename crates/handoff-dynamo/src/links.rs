@@ -27,7 +27,7 @@ fn share_pk(id: ShareId) -> String {
     format!("SHARE#{id}")
 }
 
-fn link_pk(id: UploadLinkId) -> String {
+pub(crate) fn link_pk(id: UploadLinkId) -> String {
     format!("ULINK#{id}")
 }
 

@@ -2,22 +2,50 @@
 //! `UpdateItem` on the lease token. The session is a plain attribute map written by [`session_item`] and read by
 //! [`session_from`]: a new kind of session or a new field (an upload link, a team) is a new attribute there, and
 //! items written before it simply lack it. While a session is open, `BLOB#<blob>` / `UPLOAD` names its blob (for
-//! the orphan collector) and the owner's `ROSTER#UPLOADS` lists it (for the per-owner cap and the reserved bytes).
+//! the orphan collector), a *cap roster* `ROSTER#UPLOADS` lists it (the owner's for their own uploads, the upload
+//! link's for uploads through a link: the per-owner and per-link caps, and a link's reserved room), and the
+//! paying account's `ROSTER#RESERVED` lists it too (the user's, or the team's: the bytes held against a quota).
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::ReturnValue;
 use handoff_core::{
-    BlobId, FileKey, FileName, LeaseToken, StoreError, StoreResult, UploadId, UploadProgress, UploadSession,
-    UploadStore, UserId, Visibility,
+    Account, BlobId, FileKey, FileName, LeaseToken, LinkReservation, StoreError, StoreResult, TeamId, UploadId,
+    UploadLinkId, UploadProgress, UploadSession, UploadStore, UserId, Visibility,
 };
 use time::OffsetDateTime;
 
 use crate::client::{ATTEMPTS, DynamoStore, Query, SkCondition, backoff, conditional, contended};
-use crate::core::{blob_pk, delete, put_new, update, user_pk, values};
+use crate::core::{blob_pk, delete, put_new, team_pk, update, user_pk, values};
 use crate::item::{Item, ItemBuilder, Row, b, flag, key, n, s, time, ts_key, ts_upto};
-use crate::roster::{Roster, roster_remove};
+use crate::links::link_pk;
+use crate::roster::{Roster, roster_add, roster_remove};
 
 const ROSTER: &str = "ROSTER#UPLOADS";
+const RESERVED: &str = "ROSTER#RESERVED";
+
+/// The partition of the roster that caps how many sessions may be open: the link's for a link upload (so that
+/// senders cannot use up the owner's allowance), else the owner's.
+fn cap_pk(x: &UploadSession) -> String {
+    match x.upload_link {
+        Some(link) => link_pk(link),
+        None => user_pk(x.owner),
+    }
+}
+
+fn account_pk(account: Account) -> String {
+    match account {
+        Account::User(user) => user_pk(user),
+        Account::Team(team) => team_pk(team),
+    }
+}
+
+/// Who the finished file will be charged to: the team it goes to, else the owner.
+fn paying_account(x: &UploadSession) -> Account {
+    match x.team {
+        Some(team) => Account::Team(team),
+        None => Account::User(x.owner),
+    }
+}
 
 fn upload_pk(id: &UploadId) -> String {
     format!("UPLOAD#{id}")
@@ -27,6 +55,8 @@ fn session_item(x: &UploadSession) -> Item {
     ItemBuilder::new(upload_pk(&x.id), "UPLOAD")
         .str("upload_id", x.id.as_str())
         .str("owner_id", x.owner.to_string())
+        .opt_str("team_id", x.team.map(|t| t.to_string()))
+        .opt_str("upload_link_id", x.upload_link.map(|l| l.to_string()))
         .str("blob_id", x.blob.to_string())
         .str("file_key", x.file_key.as_str())
         .opt_num("upload_length", x.length)
@@ -51,6 +81,8 @@ fn session_from(item: &Item) -> StoreResult<UploadSession> {
     Ok(UploadSession {
         id: UploadId::parse(r.str("upload_id")?).ok_or_else(|| StoreError::Corrupt("upload id".into()))?,
         owner: UserId(r.uuid("owner_id")?),
+        team: r.opt_uuid("team_id")?.map(TeamId),
+        upload_link: r.opt_uuid("upload_link_id")?.map(UploadLinkId),
         blob: BlobId(r.uuid("blob_id")?),
         file_key: FileKey::parse(r.str("file_key")?).ok_or_else(|| StoreError::Corrupt("file key".into()))?,
         length: r.opt_u64("upload_length")?,
@@ -119,7 +151,8 @@ impl DynamoStore {
                 .transact(vec![
                     delete(&self.table, upload_pk(id), "UPLOAD", Some((condition, vals.clone())))?,
                     delete(&self.table, blob_pk(session.blob), "UPLOAD", None)?,
-                    roster_remove(&self.table, user_pk(session.owner), ROSTER, id.as_str())?,
+                    roster_remove(&self.table, cap_pk(&session), ROSTER, id.as_str())?,
+                    roster_remove(&self.table, account_pk(paying_account(&session)), RESERVED, id.as_str())?,
                 ])
                 .await?;
             if tx.done() {
@@ -138,7 +171,7 @@ impl DynamoStore {
 impl UploadStore for DynamoStore {
     async fn create_upload(&self, x: &UploadSession, max_open: u32, now: OffsetDateTime) -> StoreResult<bool> {
         for attempt in 0..ATTEMPTS {
-            let roster = self.roster(user_pk(x.owner), ROSTER).await?;
+            let roster = self.roster(cap_pk(x), ROSTER).await?;
             let open = self.open_sessions(&roster).await?;
             let live = open.iter().filter(|o| o.expires_at > now).count();
             if live >= max_open as usize {
@@ -156,6 +189,7 @@ impl UploadStore for DynamoStore {
                             .build(),
                     )?,
                     roster.replace(&self.table, ids)?,
+                    roster_add(&self.table, account_pk(paying_account(x)), RESERVED, x.id.as_str())?,
                 ])
                 .await?;
             if tx.done() {
@@ -280,7 +314,8 @@ impl UploadStore for DynamoStore {
                         values([(":yes", flag(true)), (":token", s(token.as_str()))]),
                     )?,
                     delete(&self.table, blob_pk(session.blob), "UPLOAD", None)?,
-                    roster_remove(&self.table, user_pk(session.owner), ROSTER, id.as_str())?,
+                    roster_remove(&self.table, cap_pk(&session), ROSTER, id.as_str())?,
+                    roster_remove(&self.table, account_pk(paying_account(&session)), RESERVED, id.as_str())?,
                 ])
                 .await?;
             if tx.done() {
@@ -343,9 +378,19 @@ impl UploadStore for DynamoStore {
         Ok(self.get(blob_pk(blob), "UPLOAD").await?.is_some())
     }
 
-    async fn open_upload_bytes(&self, owner: UserId) -> StoreResult<u64> {
-        let roster = self.roster(user_pk(owner), ROSTER).await?;
+    async fn open_upload_bytes(&self, account: Account) -> StoreResult<u64> {
+        let roster = self.roster(account_pk(account), RESERVED).await?;
         let open = self.open_sessions(&roster).await?;
         Ok(open.iter().map(|x| x.length.unwrap_or(x.offset)).sum())
+    }
+
+    async fn open_link_uploads(&self, link: UploadLinkId, now: OffsetDateTime) -> StoreResult<LinkReservation> {
+        let roster = self.roster(link_pk(link), ROSTER).await?;
+        let open = self.open_sessions(&roster).await?;
+        let live = open.iter().filter(|x| x.expires_at > now);
+        Ok(LinkReservation {
+            files: live.clone().count() as u64,
+            bytes: live.map(|x| x.length.unwrap_or(x.offset)).sum(),
+        })
     }
 }

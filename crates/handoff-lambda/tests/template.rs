@@ -426,3 +426,23 @@ fn cfn_lint_finds_nothing() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// The table the template creates is the one the DynamoDB store was written for: the same key schema, attribute
+/// types and indexes as `crates/handoff-dynamo/table.json` (which the store's own tests compare with the code).
+#[test]
+fn the_table_matches_the_stores_key_schema() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../handoff-dynamo/table.json");
+    let expected: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let template = template();
+    let (_, table) = one_of_type(&template, "AWS::DynamoDB::Table");
+    let table = &table["Properties"];
+    let sorted = |v: &Value, key: &str| {
+        let mut all = as_list(&v[key]);
+        all.sort_by_key(|x| x.to_string());
+        all
+    };
+    for key in ["AttributeDefinitions", "KeySchema", "GlobalSecondaryIndexes"] {
+        assert_eq!(sorted(table, key), sorted(&expected, key), "{key} differs from table.json");
+    }
+    assert_eq!(table["BillingMode"], expected["BillingMode"]);
+}

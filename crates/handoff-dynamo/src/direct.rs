@@ -1,0 +1,241 @@
+//! [`DirectUploadStore`] on DynamoDB: one item per direct upload session (`DIRECT#<id>` / `DIRECT`), written once;
+//! afterwards only its claim changes, by a conditional `UpdateItem`. While a session exists, `BLOB#<blob>` /
+//! `DIRECT` names its blob (for the orphan collector), the owner's `ROSTER#DIRECT` lists it (the per-owner cap,
+//! counted and written in one transaction conditioned on the roster's version, see `roster.rs`) and the paying
+//! account's `ROSTER#DIRECTBYTES` lists it (the bytes a quota keeps free for it). Expired sessions are found
+//! through GSI5 (`DIRECTEXP`, sorted by expiry).
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::ReturnValue;
+use handoff_core::{
+    Account, BlobId, DirectUpload, DirectUploadStore, FileKey, FileName, LeaseToken, StoreError, StoreResult, TeamId,
+    UploadId, UserId, Visibility,
+};
+use time::OffsetDateTime;
+
+use crate::client::{ATTEMPTS, DynamoStore, Query, SkCondition, backoff, conditional, contended};
+use crate::core::{blob_pk, delete, put_new, team_pk, user_pk, values};
+use crate::item::{Item, ItemBuilder, Row, key, s, time, ts_key, ts_upto};
+use crate::roster::{roster_add, roster_remove};
+
+const SK: &str = "DIRECT";
+const ROSTER: &str = "ROSTER#DIRECT";
+const RESERVED: &str = "ROSTER#DIRECTBYTES";
+
+fn direct_pk(id: &UploadId) -> String {
+    format!("DIRECT#{id}")
+}
+
+fn account_pk(account: Account) -> String {
+    match account {
+        Account::User(user) => user_pk(user),
+        Account::Team(team) => team_pk(team),
+    }
+}
+
+fn direct_item(x: &DirectUpload) -> Item {
+    ItemBuilder::new(direct_pk(&x.id), SK)
+        .str("upload_id", x.id.as_str())
+        .str("owner_id", x.owner.to_string())
+        .opt_str("team_id", x.team.map(|t| t.to_string()))
+        .str("blob_id", x.blob.to_string())
+        .str("file_key", x.file_key.as_str())
+        .str("file_name", x.name.as_str())
+        .str("content_type", x.content_type.as_str())
+        .str("file_visibility", x.visibility.as_str())
+        .opt_at("file_expires_at", x.file_expires_at)
+        .num("size", x.size)
+        .opt_str("sha256", x.sha256.clone())
+        .num("part_size", x.part_size)
+        .num("part_count", x.part_count)
+        .opt_str("store_state", Some(x.store_state.as_str()).filter(|m| !m.is_empty()))
+        .at("created_at", x.created_at)
+        .at("expires_at", x.expires_at)
+        .str("GSI5PK", "DIRECTEXP")
+        .str("GSI5SK", ts_key(x.expires_at, x.id.as_str()))
+        .build()
+}
+
+fn direct_from(item: &Item) -> StoreResult<DirectUpload> {
+    let r = Row(item);
+    let visibility = r.str("file_visibility")?;
+    let part_count = r.u64("part_count")?;
+    Ok(DirectUpload {
+        id: UploadId::parse(r.str("upload_id")?).ok_or_else(|| StoreError::Corrupt("direct upload id".into()))?,
+        owner: UserId(r.uuid("owner_id")?),
+        team: r.opt_uuid("team_id")?.map(TeamId),
+        blob: BlobId(r.uuid("blob_id")?),
+        file_key: FileKey::parse(r.str("file_key")?).ok_or_else(|| StoreError::Corrupt("file key".into()))?,
+        name: FileName::from_trusted(r.str("file_name")?.to_owned()),
+        content_type: r.str("content_type")?.to_owned(),
+        visibility: Visibility::parse(visibility)
+            .ok_or_else(|| StoreError::Corrupt(format!("visibility {visibility}")))?,
+        file_expires_at: r.opt_time("file_expires_at")?,
+        size: r.u64("size")?,
+        sha256: r.opt_str("sha256")?.map(str::to_owned),
+        part_size: r.u64("part_size")?,
+        part_count: u32::try_from(part_count).map_err(|_| StoreError::Corrupt("part count".into()))?,
+        store_state: r.opt_str("store_state")?.unwrap_or_default().to_owned(),
+        created_at: r.time("created_at")?,
+        expires_at: r.time("expires_at")?,
+    })
+}
+
+fn direct_key(id: &str) -> Option<Item> {
+    UploadId::parse(id).map(|id| key(direct_pk(&id), SK))
+}
+
+impl DynamoStore {
+    /// The sessions a roster lists that still exist.
+    async fn direct_sessions(&self, pk: String, sk: &str) -> StoreResult<Vec<DirectUpload>> {
+        let roster = self.roster(pk, sk).await?;
+        let items = self.roster_items(&roster, direct_key).await?;
+        items.iter().map(direct_from).collect()
+    }
+}
+
+#[async_trait]
+impl DirectUploadStore for DynamoStore {
+    async fn create_direct_upload(&self, x: &DirectUpload, max_open: u32, now: OffsetDateTime) -> StoreResult<bool> {
+        for attempt in 0..ATTEMPTS {
+            let roster = self.roster(user_pk(x.owner), ROSTER).await?;
+            let items = self.roster_items(&roster, direct_key).await?;
+            let open = items.iter().map(direct_from).collect::<StoreResult<Vec<_>>>()?;
+            if open.iter().filter(|o| o.expires_at > now).count() >= max_open as usize {
+                return Ok(false);
+            }
+            let mut ids: Vec<String> = open.iter().map(|o| o.id.as_str().to_owned()).collect();
+            ids.push(x.id.as_str().to_owned());
+            let tx = self
+                .transact(vec![
+                    put_new(&self.table, direct_item(x))?,
+                    put_new(
+                        &self.table,
+                        ItemBuilder::new(blob_pk(x.blob), SK)
+                            .str("upload_id", x.id.as_str())
+                            .build(),
+                    )?,
+                    roster.replace(&self.table, ids)?,
+                    roster_add(&self.table, account_pk(x.account()), RESERVED, x.id.as_str())?,
+                ])
+                .await?;
+            if tx.done() {
+                return Ok(true);
+            }
+            if tx.failed(0) || tx.failed(1) {
+                return Err(StoreError::Conflict);
+            }
+            backoff(attempt).await;
+        }
+        Err(contended("creating a direct upload session"))
+    }
+
+    async fn direct_upload(&self, id: &UploadId) -> StoreResult<Option<DirectUpload>> {
+        self.get(direct_pk(id), SK).await?.as_ref().map(direct_from).transpose()
+    }
+
+    async fn claim_direct_upload(
+        &self,
+        id: &UploadId,
+        token: &LeaseToken,
+        until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> StoreResult<Option<DirectUpload>> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(direct_pk(id), SK)))
+            .update_expression("SET claim_token = :token, claim_until = :until")
+            .condition_expression("attribute_exists(PK) AND (attribute_not_exists(claim_until) OR claim_until <= :now)")
+            .set_expression_attribute_values(Some(values([
+                (":token", s(token.as_str())),
+                (":until", time(until)),
+                (":now", time(now)),
+            ])))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        conditional(result)?
+            .and_then(|out| out.attributes)
+            .as_ref()
+            .map(direct_from)
+            .transpose()
+    }
+
+    async fn release_direct_upload(&self, id: &UploadId, token: &LeaseToken) -> StoreResult<()> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(direct_pk(id), SK)))
+            .update_expression("REMOVE claim_token, claim_until")
+            .condition_expression("claim_token = :token")
+            .set_expression_attribute_values(Some(values([(":token", s(token.as_str()))])))
+            .send()
+            .await;
+        conditional(result)?;
+        Ok(())
+    }
+
+    async fn delete_direct_upload(&self, id: &UploadId, token: &LeaseToken) -> StoreResult<bool> {
+        for attempt in 0..ATTEMPTS {
+            let Some(item) = self.get(direct_pk(id), SK).await? else {
+                return Ok(false);
+            };
+            let session = direct_from(&item)?;
+            let tx = self
+                .transact(vec![
+                    delete(
+                        &self.table,
+                        direct_pk(id),
+                        SK,
+                        Some(("claim_token = :token", values([(":token", s(token.as_str()))]))),
+                    )?,
+                    delete(&self.table, blob_pk(session.blob), SK, None)?,
+                    roster_remove(&self.table, user_pk(session.owner), ROSTER, id.as_str())?,
+                    roster_remove(&self.table, account_pk(session.account()), RESERVED, id.as_str())?,
+                ])
+                .await?;
+            if tx.done() {
+                return Ok(true);
+            }
+            if tx.failed(0) {
+                return Ok(false);
+            }
+            backoff(attempt).await;
+        }
+        Err(contended("removing a direct upload session"))
+    }
+
+    async fn expired_direct_uploads(&self, now: OffsetDateTime, limit: u32) -> StoreResult<Vec<DirectUpload>> {
+        // Claimed sessions are skipped (someone is completing or reclaiming them): read a margin beyond `limit`.
+        let page = self
+            .query(
+                Query::index("GSI5", "DIRECTEXP")
+                    .sk(SkCondition::Le(ts_upto(now)))
+                    .limit(limit as usize + 100),
+            )
+            .await?;
+        let mut found = Vec::new();
+        for item in &page {
+            if found.len() >= limit as usize {
+                break;
+            }
+            let claimed = Row(item).opt_time("claim_until")?.is_some_and(|until| until > now);
+            if !claimed {
+                found.push(direct_from(item)?);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn open_direct_bytes(&self, account: Account, now: OffsetDateTime) -> StoreResult<u64> {
+        let open = self.direct_sessions(account_pk(account), RESERVED).await?;
+        Ok(open.iter().filter(|x| x.expires_at > now).map(|x| x.size).sum())
+    }
+
+    async fn blob_in_direct_upload(&self, blob: BlobId) -> StoreResult<bool> {
+        Ok(self.get(blob_pk(blob), SK).await?.is_some())
+    }
+}
