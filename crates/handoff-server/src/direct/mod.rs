@@ -685,10 +685,19 @@ async fn finish(
     Ok(file)
 }
 
+/// Discards the store's parts. Best effort: after a completion joined them there is nothing left to abort (S3
+/// then refuses the upload id), and parts an abort misses are what the bucket's lifecycle rule and the orphan
+/// collector are for.
+async fn abort_parts(state: &AppState, s: &DirectUpload) {
+    if let Err(e) = state.blobs.abort_direct(s.blob, &s.store_state).await {
+        tracing::info!(error = %e, "could not abort a direct upload's parts (already joined?)");
+    }
+}
+
 /// Removes a claimed session and its bytes: the store's parts, and the joined blob unless a file owns it.
 async fn discard(state: &AppState, s: &DirectUpload, token: &LeaseToken) {
     let result: Result<(), StoreError> = async {
-        state.blobs.abort_direct(s.blob, &s.store_state).await?;
+        abort_parts(state, s).await;
         if state.meta.file_by_key(&s.file_key).await?.is_none() {
             state.blobs.delete(s.blob).await?;
         }
@@ -741,7 +750,7 @@ pub async fn reclaim(state: &AppState) -> Result<u64, StoreError> {
         let Some(session) = state.meta.claim_direct_upload(&session.id, &token, until, now).await? else {
             continue;
         };
-        state.blobs.abort_direct(session.blob, &session.store_state).await?;
+        abort_parts(state, &session).await;
         if state.meta.file_by_key(&session.file_key).await?.is_none() {
             state.blobs.delete(session.blob).await?;
         }
