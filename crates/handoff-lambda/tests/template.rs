@@ -442,7 +442,11 @@ fn the_table_matches_the_stores_key_schema() {
         all
     };
     for key in ["AttributeDefinitions", "KeySchema", "GlobalSecondaryIndexes"] {
-        assert_eq!(sorted(table, key), sorted(&expected, key), "{key} differs from table.json");
+        assert_eq!(
+            sorted(table, key),
+            sorted(&expected, key),
+            "{key} differs from table.json"
+        );
     }
     assert_eq!(table["BillingMode"], expected["BillingMode"]);
 }
