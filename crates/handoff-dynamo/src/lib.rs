@@ -24,7 +24,7 @@
 //! | refresh token | `RT#<hash>` | `RT` | |
 //! | refresh family | `RTFAM#<family>` | `RTFAM` | GSI1 `RTFAMS#<user>` / `<family>` (revoke on disable) |
 //! | file | `FILE#<key>` | `FILE` | GSI1 `OWNER#<user>` or `TEAM#<team>` / `<ts>#<key>` (personal and team listings, newest first); GSI2 `FILES` / `<ts>#<key>` (admin listing); GSI3 `FILEKEYS` / `<key>` (export in key order); GSI4 `LINKFILES#<link>` / `<ts>#<key>`; GSI5 `FILEEXP` / `<expiry ts>#<key>` (retention sweep) |
-//! | blob reference | `BLOB#<blob>` | `FILE` (a file row names it) or `UPLOAD` (an open tus session does) | |
+//! | blob reference | `BLOB#<blob>` | `FILE` (a file row names it), `UPLOAD` (an open tus session does) or `DIRECT` (a direct upload session does) | |
 //! | team | `TEAM#<id>` | `TEAM` (name, usage, quota, `owner_count`) | |
 //! | membership | `TEAM#<id>` | `MEMBER#<user>` | GSI1 `USERTEAMS#<user>` / `<team>` |
 //! | share link | `SHARE#<id>` | `SHARE` | GSI1 `SHARES#<owner>` / `<ts>#<id>`; GSI5 `SHARESWEEP` / `<ts>#<id>` (prune) |
@@ -33,8 +33,10 @@
 //! | upload link | `ULINK#<id>` | `ULINK` | GSI1 `ULINKS#<owner>` / `<ts>#<id>`; GSI2 `TEAMLINKS#<team>` / `<id>` |
 //! | upload link token | `ULTOK#<hash>` | `ULTOK` | |
 //! | live-link roster | `USER#<id>` | `ROSTER#LINKS` | |
-//! | open-upload roster | `USER#<id>` | `ROSTER#UPLOADS` | |
+//! | open-upload roster (the cap) | `USER#<id>` (own uploads) or `ULINK#<id>` (uploads through the link) | `ROSTER#UPLOADS` | |
+//! | reserved-bytes roster | `USER#<id>` or `TEAM#<id>` (the paying account) | `ROSTER#RESERVED` (tus), `ROSTER#DIRECTBYTES` (direct) | |
 //! | tus session | `UPLOAD#<id>` | `UPLOAD` | GSI5 `UPLOADEXP` / `<expiry ts>#<id>` |
+//! | direct upload session | `DIRECT#<id>` | `DIRECT` (blob reference: `BLOB#<blob>` / `DIRECT`; cap roster `USER#<id>` / `ROSTER#DIRECT`) | GSI5 `DIRECTEXP` / `<expiry ts>#<id>` |
 //! | audit event | `AUDIT#<id>` | `AUDIT` | GSI1 `AUDOWNER#<owner>` / `<id>`; GSI2 `AUDTEAM#<team>` / `<id>`; GSI3 `AUDIT` / `<id>` |
 //!
 //! # How the invariants hold
