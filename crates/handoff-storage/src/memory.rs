@@ -14,13 +14,16 @@ mod direct;
 #[path = "memory_resumable.rs"]
 mod resumable;
 
+/// Direct uploads' parts of one blob: number → (etag, bytes).
+type DirectParts = std::collections::BTreeMap<u32, (String, Bytes)>;
+
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStore {
     blobs: Arc<Mutex<HashMap<BlobId, (Bytes, Instant)>>>,
     /// Resumable uploads' checkpointed bytes.
     partials: Arc<Mutex<HashMap<BlobId, Bytes>>>,
-    /// Direct uploads' parts: blob → number → (etag, bytes).
-    direct: Arc<Mutex<HashMap<BlobId, std::collections::BTreeMap<u32, (String, Bytes)>>>>,
+    /// Direct uploads' parts, by blob.
+    direct: Arc<Mutex<HashMap<BlobId, DirectParts>>>,
 }
 
 impl MemoryStore {
