@@ -20,7 +20,7 @@ pub struct MemoryStore {
     /// Resumable uploads' checkpointed bytes.
     partials: Arc<Mutex<HashMap<BlobId, Bytes>>>,
     /// Direct uploads' parts: blob → number → (etag, bytes).
-    direct: Arc<Mutex<HashMap<BlobId, std::collections::BTreeMap<u32, (String, Bytes)>>>>,
+    direct: Arc<Mutex<direct::Parts>>,
 }
 
 impl MemoryStore {
