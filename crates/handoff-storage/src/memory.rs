@@ -14,16 +14,13 @@ mod direct;
 #[path = "memory_resumable.rs"]
 mod resumable;
 
-/// Direct uploads' parts of one blob: number → (etag, bytes).
-type DirectParts = std::collections::BTreeMap<u32, (String, Bytes)>;
-
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStore {
     blobs: Arc<Mutex<HashMap<BlobId, (Bytes, Instant)>>>,
     /// Resumable uploads' checkpointed bytes.
     partials: Arc<Mutex<HashMap<BlobId, Bytes>>>,
-    /// Direct uploads' parts, by blob.
-    direct: Arc<Mutex<HashMap<BlobId, DirectParts>>>,
+    /// Direct uploads' parts: blob → number → (etag, bytes).
+    direct: Arc<Mutex<direct::Parts>>,
 }
 
 impl MemoryStore {

@@ -11,7 +11,8 @@ use handoff_core::{BlobId, DirectBlobStore, StoreError, StoreResult, StoredPart}
 
 use super::MemoryStore;
 
-type Parts = std::collections::HashMap<BlobId, std::collections::BTreeMap<u32, (String, Bytes)>>;
+/// Blob → part number → (entity tag, bytes).
+pub(super) type Parts = std::collections::HashMap<BlobId, std::collections::BTreeMap<u32, (String, Bytes)>>;
 
 fn direct(store: &MemoryStore) -> std::sync::MutexGuard<'_, Parts> {
     store.direct.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
