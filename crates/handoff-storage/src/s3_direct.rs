@@ -209,6 +209,13 @@ impl DirectBlobStore for S3Store {
             .await
         {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            // S3 answers an unknown (already aborted or completed) upload id with 404 NoSuchUpload, but some
+            // S3-compatible servers (s3s-fs) answer 403. Nothing is left to discard when no part can be listed any
+            // more; if parts are still there, the refusal was real.
+            Err(e @ object_store::Error::PermissionDenied { .. }) => match self.direct_parts(blob, state).await {
+                Ok(parts) if !parts.is_empty() => Err(s3_error(e)),
+                _ => Ok(()),
+            },
             Err(e) => Err(s3_error(e)),
         }
     }
