@@ -8,9 +8,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
-use std::sync::Arc;
 
 use handoff_core::model::NewRefreshToken;
 use handoff_core::{
@@ -21,37 +22,6 @@ use handoff_core::{
 use handoff_db::testing::{TestDatabase, postgres_admin_url};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
-
-/// What keeps a backend's storage alive for the test, and removes it afterwards.
-#[allow(dead_code)] // held only for its `Drop`
-enum Scratch {
-    Dir(tempfile::TempDir),
-    Postgres(TestDatabase),
-    Dynamo(handoff_dynamo::testing::TestTable),
-}
-
-/// A fresh, empty store per call and backend.
-async fn backends() -> Vec<(String, Arc<dyn MetadataStore>, Scratch)> {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("collaboration.db").display());
-    let mut all = vec![(
-        "sqlite".to_owned(),
-        handoff_db::connect(&url).await.unwrap(),
-        Scratch::Dir(dir),
-    )];
-    if let Some(admin_url) = postgres_admin_url() {
-        let db = TestDatabase::create(&admin_url).await;
-        let store = handoff_db::connect(&db.url)
-            .await
-            .unwrap_or_else(|e| panic!("connecting to {}: {e}", db.name));
-        all.push(("postgres".to_owned(), store, Scratch::Postgres(db)));
-    }
-    if let Some(moto) = handoff_dynamo::testing::moto_server() {
-        let table = handoff_dynamo::testing::TestTable::create(&moto);
-        all.push(("dynamodb".to_owned(), table.store().await, Scratch::Dynamo(table)));
-    }
-    all
-}
 
 /// Runs every future on its own task at once and returns their outputs in order (`join_all` over spawned tasks,
 /// so that a multi-threaded runtime runs them in parallel).
@@ -236,7 +206,7 @@ where
 
 #[tokio::test]
 async fn commits_charge_usage_and_quotas_refuse_all_or_nothing() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("collaboration.db").await {
         let alice = user(store.as_ref(), "alice").await;
         let bob = user(store.as_ref(), "bob").await;
         let me = Account::User(alice.id);
@@ -495,7 +465,7 @@ async fn commits_charge_usage_and_quotas_refuse_all_or_nothing() {
 
 #[tokio::test]
 async fn team_files_charge_the_team_not_the_uploader() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("collaboration.db").await {
         let alice = user(store.as_ref(), "alice").await;
         let team = new_team(store.as_ref(), "crew", &alice).await;
         let account = Account::Team(team.id);
@@ -588,7 +558,7 @@ async fn team_files_charge_the_team_not_the_uploader() {
 /// Twenty uploads racing for a quota with room for exactly five: exactly five win, and usage is what they charged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_commits_never_overrun_a_quota() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("collaboration.db").await {
         let alice = user(store.as_ref(), "alice").await;
         let at = handoff_core::now();
 
@@ -684,7 +654,7 @@ async fn racing_commits_never_overrun_a_quota() {
 /// PostgreSQL the accounts' rows are locked as they are charged, so the order of those locks matters).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_multi_account_commits_all_go_through() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("collaboration.db").await {
         let alice = user(store.as_ref(), "alice").await;
         let bob = user(store.as_ref(), "bob").await;
         let at = handoff_core::now();
@@ -730,7 +700,7 @@ async fn concurrent_multi_account_commits_all_go_through() {
 /// inside its own savepoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_commit_among_concurrent_ones_fails_alone() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("collaboration.db").await {
         let alice = user(store.as_ref(), "alice").await;
         let at = handoff_core::now();
         let taken = file(&alice, "taken", 1, at);
@@ -783,7 +753,7 @@ async fn a_failing_commit_among_concurrent_ones_fails_alone() {
 
 #[tokio::test]
 async fn upload_links_round_trip_and_list_newest_first() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("collaboration.db").await {
         let alice = user(store.as_ref(), "alice").await;
         let bob = user(store.as_ref(), "bob").await;
         let team = new_team(store.as_ref(), "crew", &alice).await;
@@ -862,7 +832,7 @@ async fn upload_links_round_trip_and_list_newest_first() {
 
 #[tokio::test]
 async fn upload_link_limits_apply_in_the_commit() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("collaboration.db").await {
         let alice = user(store.as_ref(), "alice").await;
         let me = Account::User(alice.id);
         let base = handoff_core::now();
@@ -1071,7 +1041,7 @@ async fn upload_link_limits_apply_in_the_commit() {
 
 #[tokio::test]
 async fn teams_members_and_roles() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("collaboration.db").await {
         let alice = user(store.as_ref(), "alice").await;
         let bob = user(store.as_ref(), "bob").await;
         let carol = user(store.as_ref(), "carol").await;
@@ -1287,7 +1257,7 @@ async fn teams_members_and_roles() {
 /// listings are), whatever the database's collation.
 #[tokio::test]
 async fn members_and_teams_are_listed_in_byte_order() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("collaboration.db").await {
         let owner = user(store.as_ref(), "owner").await;
         let team = new_team(store.as_ref(), "punctuation", &owner).await;
         let now = handoff_core::now();
@@ -1327,7 +1297,7 @@ async fn members_and_teams_are_listed_in_byte_order() {
 /// Two owners demoting (or removing) each other at the same moment: exactly one succeeds, one owner is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn owners_demoting_each_other_leave_exactly_one_owner() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("collaboration.db").await {
         let alice = user(store.as_ref(), "alice").await;
         let bob = user(store.as_ref(), "bob").await;
         for round in 0..12 {
@@ -1376,7 +1346,7 @@ async fn owners_demoting_each_other_leave_exactly_one_owner() {
 
 #[tokio::test]
 async fn deleting_a_team_returns_its_files_and_removes_everything_of_it() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("collaboration.db").await {
         let alice = user(store.as_ref(), "alice").await;
         let bob = user(store.as_ref(), "bob").await;
         let team = new_team(store.as_ref(), "doomed", &alice).await;
@@ -1484,7 +1454,7 @@ async fn deleting_a_team_returns_its_files_and_removes_everything_of_it() {
 
 #[tokio::test]
 async fn team_all_and_personal_listings_page_newest_first() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("collaboration.db").await {
         let alice = user(store.as_ref(), "alice").await;
         let bob = user(store.as_ref(), "bob").await;
         let team = new_team(store.as_ref(), "crew", &alice).await;
@@ -1567,7 +1537,7 @@ async fn team_all_and_personal_listings_page_newest_first() {
 
 #[tokio::test]
 async fn shares_round_trip_update_and_revoke() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("collaboration.db").await {
         let alice = user(store.as_ref(), "alice").await;
         let bob = user(store.as_ref(), "bob").await;
         let base = handoff_core::now();
@@ -1764,7 +1734,7 @@ async fn shares_round_trip_update_and_revoke() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn share_downloads_are_counted_exactly() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("collaboration.db").await {
         let alice = user(store.as_ref(), "alice").await;
         let now = handoff_core::now();
         let f = file(&alice, "popular", 1, now);
@@ -1846,7 +1816,7 @@ async fn share_downloads_are_counted_exactly() {
 
 #[tokio::test]
 async fn share_grants_and_pruning() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("collaboration.db").await {
         let alice = user(store.as_ref(), "alice").await;
         let now = handoff_core::now();
         let f = file(&alice, "granted", 1, now);
@@ -1973,7 +1943,7 @@ async fn share_grants_and_pruning() {
 
 #[tokio::test]
 async fn expired_files_are_deleted_and_refunded() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("collaboration.db").await {
         let alice = user(store.as_ref(), "alice").await;
         let bob = user(store.as_ref(), "bob").await;
         let team = new_team(store.as_ref(), "crew", &alice).await;
@@ -2074,7 +2044,7 @@ async fn expired_files_are_deleted_and_refunded() {
 /// refunded exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_retention_sweeps_never_share_a_file() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("collaboration.db").await {
         let alice = user(store.as_ref(), "alice").await;
         let bob = user(store.as_ref(), "bob").await;
         let team = new_team(store.as_ref(), "crew", &alice).await;
@@ -2142,7 +2112,7 @@ async fn concurrent_retention_sweeps_never_share_a_file() {
 
 #[tokio::test]
 async fn audit_log_pages_by_scope_newest_first() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("collaboration.db").await {
         let alice = user(store.as_ref(), "alice").await;
         let bob = user(store.as_ref(), "bob").await;
         let team = new_team(store.as_ref(), "crew", &alice).await;
@@ -2264,7 +2234,7 @@ async fn audit_log_pages_by_scope_newest_first() {
 
 #[tokio::test]
 async fn first_account_is_admin_and_flags_change() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("collaboration.db").await {
         let root = user(store.as_ref(), "root").await;
         let bob = user(store.as_ref(), "bob").await;
         assert!(
@@ -2385,7 +2355,7 @@ async fn first_account_is_admin_and_flags_change() {
 /// Accounts created at the same moment on a fresh store: exactly one is the first, and the admin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_first_accounts_make_exactly_one_admin() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("collaboration.db").await {
         let created = join_all(
             (0..8)
                 .map(|i| {

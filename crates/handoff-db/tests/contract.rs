@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 
 use handoff_core::model::NewRefreshToken;
@@ -14,37 +16,6 @@ use handoff_core::{
 use handoff_db::testing::{TestDatabase, postgres_admin_url};
 use time::Duration;
 use uuid::Uuid;
-
-/// What keeps a backend's storage alive for the test, and removes it afterwards.
-#[allow(dead_code)] // held only for its `Drop`
-enum Scratch {
-    Dir(tempfile::TempDir),
-    Postgres(TestDatabase),
-    Dynamo(handoff_dynamo::testing::TestTable),
-}
-
-/// A fresh, empty store per call and backend.
-async fn backends() -> Vec<(String, Arc<dyn MetadataStore>, Scratch)> {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("contract.db").display());
-    let mut all = vec![(
-        "sqlite".to_owned(),
-        handoff_db::connect(&url).await.unwrap(),
-        Scratch::Dir(dir),
-    )];
-    if let Some(admin_url) = postgres_admin_url() {
-        let db = TestDatabase::create(&admin_url).await;
-        let store = handoff_db::connect(&db.url)
-            .await
-            .unwrap_or_else(|e| panic!("connecting to {}: {e}", db.name));
-        all.push(("postgres".to_owned(), store, Scratch::Postgres(db)));
-    }
-    if let Some(moto) = handoff_dynamo::testing::moto_server() {
-        let table = handoff_dynamo::testing::TestTable::create(&moto);
-        all.push(("dynamodb".to_owned(), table.store().await, Scratch::Dynamo(table)));
-    }
-    all
-}
 
 async fn user(store: &dyn MetadataStore, name: &str) -> User {
     store
@@ -77,7 +48,7 @@ fn file(owner: &User, name: &str, created_at: time::OffsetDateTime) -> FileRecor
 
 #[tokio::test]
 async fn users_are_unique_and_round_trip() {
-    for (backend, store, _dir) in backends().await {
+    for (backend, store, _dir) in common::backends("contract.db").await {
         let alice = user(store.as_ref(), "alice").await;
         let again = store
             .create_user(NewUser {
@@ -113,7 +84,7 @@ async fn users_are_unique_and_round_trip() {
 
 #[tokio::test]
 async fn files_insert_list_update_delete() {
-    for (backend, store, _dir) in backends().await {
+    for (backend, store, _dir) in common::backends("contract.db").await {
         let alice = user(store.as_ref(), "alice").await;
         let bob = user(store.as_ref(), "bob").await;
         let base = handoff_core::now();
@@ -193,7 +164,7 @@ async fn files_insert_list_update_delete() {
 
 #[tokio::test]
 async fn a_batch_of_files_is_all_or_nothing() {
-    for (backend, store, _dir) in backends().await {
+    for (backend, store, _dir) in common::backends("contract.db").await {
         let alice = user(store.as_ref(), "alice").await;
         let existing = file(&alice, "existing", handoff_core::now());
         store.insert_files(std::slice::from_ref(&existing)).await.unwrap();
@@ -210,7 +181,7 @@ async fn a_batch_of_files_is_all_or_nothing() {
 
 #[tokio::test]
 async fn refresh_tokens_rotate_once_and_reuse_revokes_the_family() {
-    for (backend, store, _dir) in backends().await {
+    for (backend, store, _dir) in common::backends("contract.db").await {
         let alice = user(store.as_ref(), "alice").await;
         let now = handoff_core::now();
         let expires = now + Duration::days(1);
@@ -298,7 +269,7 @@ async fn refresh_tokens_rotate_once_and_reuse_revokes_the_family() {
 
 #[tokio::test]
 async fn concurrent_rotation_of_one_token_has_one_winner() {
-    for (backend, store, _dir) in backends().await {
+    for (backend, store, _dir) in common::backends("contract.db").await {
         let alice = user(store.as_ref(), "alice").await;
         let now = handoff_core::now();
         let expires = now + Duration::days(1);
@@ -340,7 +311,7 @@ async fn futures_join(
 
 #[tokio::test]
 async fn signing_keys_newest_first() {
-    for (backend, store, _dir) in backends().await {
+    for (backend, store, _dir) in common::backends("contract.db").await {
         assert!(store.signing_keys().await.unwrap().is_empty());
         let base = handoff_core::now();
         for (i, kid) in ["old", "new"].into_iter().enumerate() {
@@ -368,7 +339,7 @@ async fn signing_keys_newest_first() {
 
 #[tokio::test]
 async fn listing_orders_keys_by_bytes_not_by_locale() {
-    for (backend, store, _dir) in backends().await {
+    for (backend, store, _dir) in common::backends("contract.db").await {
         let alice = user(store.as_ref(), "alice").await;
         let at = handoff_core::now();
         // Same timestamp, so only the key orders them. Byte order: '-' < '0' < 'B' < '_' < 'a'; a locale-aware
@@ -480,7 +451,7 @@ async fn postgres_unreachable_fails_fast() {
 /// in id order.
 #[tokio::test]
 async fn users_import_exactly_and_page_by_id() {
-    for (backend, store, _dir) in backends().await {
+    for (backend, store, _dir) in common::backends("contract.db").await {
         let created = user(store.as_ref(), "created").await;
         let base = handoff_core::now() - Duration::days(400);
         let imported: Vec<User> = (0..5)
@@ -537,7 +508,7 @@ async fn users_import_exactly_and_page_by_id() {
 /// `files_page` walks every file of every owner in key byte order, each exactly once.
 #[tokio::test]
 async fn files_page_walks_every_file_by_key() {
-    for (backend, store, _dir) in backends().await {
+    for (backend, store, _dir) in common::backends("contract.db").await {
         assert!(store.files_page(None, 10).await.unwrap().is_empty(), "{backend}");
         let alice = user(store.as_ref(), "alice").await;
         let bob = user(store.as_ref(), "bob").await;
@@ -602,7 +573,7 @@ async fn files_page_walks_every_file_by_key() {
 
 #[tokio::test]
 async fn racing_first_signing_keys_leave_exactly_one() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("contract.db").await {
         let tasks: Vec<_> = (0..8u8)
             .map(|i| {
                 let store = store.clone();

@@ -3,42 +3,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+mod common;
 
 use handoff_core::{
     ApiTokenRecord, ApiTokenScope, MetadataStore, NewApiToken, NewExternalUser, NewUser, StoreError, User, UserId,
     Username,
 };
-use handoff_db::testing::{TestDatabase, postgres_admin_url};
 use time::Duration;
 use uuid::Uuid;
-
-#[allow(dead_code)] // held only for its `Drop`
-enum Scratch {
-    Dir(tempfile::TempDir),
-    Postgres(TestDatabase),
-    Dynamo(handoff_dynamo::testing::TestTable),
-}
-
-async fn backends() -> Vec<(String, Arc<dyn MetadataStore>, Scratch)> {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("identity.db").display());
-    let mut all = vec![(
-        "sqlite".to_owned(),
-        handoff_db::connect(&url).await.unwrap(),
-        Scratch::Dir(dir),
-    )];
-    if let Some(admin_url) = postgres_admin_url() {
-        let db = TestDatabase::create(&admin_url).await;
-        let store = handoff_db::connect(&db.url).await.unwrap();
-        all.push(("postgres".to_owned(), store, Scratch::Postgres(db)));
-    }
-    if let Some(moto) = handoff_dynamo::testing::moto_server() {
-        let table = handoff_dynamo::testing::TestTable::create(&moto);
-        all.push(("dynamodb".to_owned(), table.store().await, Scratch::Dynamo(table)));
-    }
-    all
-}
 
 fn external(issuer: &str, subject: &str, names: &[&str]) -> NewExternalUser {
     NewExternalUser {
@@ -81,7 +53,7 @@ fn token(user: UserId, name: &str, scope: ApiTokenScope, expires_in: Duration) -
 
 #[tokio::test]
 async fn external_users_are_keyed_by_issuer_and_subject() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("identity.db").await {
         let iss = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_X";
         assert!(store.user_by_identity(iss, "sub-1").await.unwrap().is_none());
         let user = store
@@ -135,7 +107,7 @@ async fn external_users_are_keyed_by_issuer_and_subject() {
 
 #[tokio::test]
 async fn api_tokens_round_trip_expire_and_are_bounded_per_user() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("identity.db").await {
         let alice = local(store.as_ref(), "alice").await;
         let bob = local(store.as_ref(), "bob").await;
         let live = token(alice.id, "live", ApiTokenScope::ReadOnly, Duration::days(1));
@@ -186,7 +158,7 @@ async fn api_tokens_round_trip_expire_and_are_bounded_per_user() {
 
 #[tokio::test]
 async fn racing_provisioning_of_one_identity_makes_one_account() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("identity.db").await {
         let iss = "https://idp.example";
         let attempts = (0..8).map(|_| {
             let store = store.clone();
@@ -211,7 +183,7 @@ async fn racing_provisioning_of_one_identity_makes_one_account() {
 
 #[tokio::test]
 async fn identities_and_tokens_export_and_import_exactly() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("identity.db").await {
         let iss = "https://idp.example";
         let user = store
             .create_external_user(&external(iss, "exp", &["idp:exp"]))

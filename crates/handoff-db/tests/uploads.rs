@@ -4,42 +4,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
 use handoff_core::{
     Account, BlobId, FileKey, FileName, LeaseToken, LinkReservation, MetadataStore, NewUser, TeamId, UploadId,
     UploadLinkId, UploadProgress, UploadSession, User, Username, Visibility,
 };
-use handoff_db::testing::{TestDatabase, postgres_admin_url};
 use time::OffsetDateTime;
-
-#[allow(dead_code)] // held only for its `Drop`
-enum Scratch {
-    Dir(tempfile::TempDir),
-    Postgres(TestDatabase),
-    Dynamo(handoff_dynamo::testing::TestTable),
-}
-
-async fn backends() -> Vec<(String, Arc<dyn MetadataStore>, Scratch)> {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("uploads.db").display());
-    let mut all = vec![(
-        "sqlite".to_owned(),
-        handoff_db::connect(&url).await.unwrap(),
-        Scratch::Dir(dir),
-    )];
-    if let Some(admin_url) = postgres_admin_url() {
-        let db = TestDatabase::create(&admin_url).await;
-        let store = handoff_db::connect(&db.url).await.unwrap();
-        all.push(("postgres".to_owned(), store, Scratch::Postgres(db)));
-    }
-    if let Some(moto) = handoff_dynamo::testing::moto_server() {
-        let table = handoff_dynamo::testing::TestTable::create(&moto);
-        all.push(("dynamodb".to_owned(), table.store().await, Scratch::Dynamo(table)));
-    }
-    all
-}
 
 async fn user(store: &dyn MetadataStore, name: &str) -> User {
     store
@@ -86,7 +59,7 @@ fn progress(offset: u64, expires_at: OffsetDateTime) -> UploadProgress {
 
 #[tokio::test]
 async fn sessions_round_trip_and_are_limited_per_user() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("uploads.db").await {
         let now = handoff_core::now();
         let alice = user(store.as_ref(), "alice").await;
         let bob = user(store.as_ref(), "bob").await;
@@ -124,7 +97,7 @@ async fn sessions_round_trip_and_are_limited_per_user() {
 
 #[tokio::test]
 async fn one_lease_holder_at_a_time_and_progress_only_under_it() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("uploads.db").await {
         let now = handoff_core::now();
         let alice = user(store.as_ref(), "alice").await;
         let s = session(&alice, now, Some(100));
@@ -200,7 +173,7 @@ async fn one_lease_holder_at_a_time_and_progress_only_under_it() {
 
 #[tokio::test]
 async fn concurrent_leases_have_exactly_one_winner() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("uploads.db").await {
         let now = handoff_core::now();
         let alice = user(store.as_ref(), "alice").await;
         let s = session(&alice, now, Some(100));
@@ -226,7 +199,7 @@ async fn concurrent_leases_have_exactly_one_winner() {
 
 #[tokio::test]
 async fn expired_sessions_are_listed_and_removed_unless_leased() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("uploads.db").await {
         let now = handoff_core::now();
         let alice = user(store.as_ref(), "alice").await;
         let old = session(&alice, now, Some(100));
@@ -293,7 +266,7 @@ async fn expired_sessions_are_listed_and_removed_unless_leased() {
 
 #[tokio::test]
 async fn link_sessions_have_their_own_limit_and_reserve_the_link_and_account() {
-    for (backend, store, _scratch) in backends().await {
+    for (backend, store, _scratch) in common::backends("uploads.db").await {
         let now = handoff_core::now();
         let alice = user(store.as_ref(), "alice").await;
         let link = UploadLinkId::generate();
