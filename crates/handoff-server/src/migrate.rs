@@ -1,5 +1,5 @@
 //! `handoff migrate-storage`: copies an instance from one pair of backends to another (typically SQLite + local
-//! disk → PostgreSQL + S3) without losing a file.
+//! disk → PostgreSQL or DynamoDB, + S3) without losing a file.
 //!
 //! Order: signing keys (so access tokens already handed out keep verifying), accounts (ids, password hashes,
 //! flags and creation times preserved, so everyone signs in with the same password), then files. Each file's
@@ -24,7 +24,7 @@ use handoff_core::{BlobStore, FileKey, FileRecord, MetadataStore, StoreError, Us
 use sha2::{Digest as _, Sha256};
 
 use crate::config::Config;
-use crate::state::{StartError, open_metadata};
+use crate::state::{StartError, connect_metadata};
 
 /// Rows read from the source per query.
 const PAGE: u32 = 200;
@@ -149,13 +149,15 @@ impl Stores {
         {
             return Err(MigrateError::NoSource(source.data_dir.clone()));
         }
-        let source_meta = open_metadata(source).await.map_err(MigrateError::OpenSource)?;
+        let source_meta = connect_metadata(&source.database_url())
+            .await
+            .map_err(MigrateError::OpenSource)?;
         let source_blobs = handoff_storage::open(&source.storage_url())
             .await
             .map_err(|e| MigrateError::OpenSource(e.into()))?;
-        let target_meta = handoff_db::connect(to_database_url)
+        let target_meta = connect_metadata(to_database_url)
             .await
-            .map_err(|e| MigrateError::OpenTarget(e.into()))?;
+            .map_err(MigrateError::OpenTarget)?;
         let target_blobs = handoff_storage::open(to_storage_url)
             .await
             .map_err(|e| MigrateError::OpenTarget(e.into()))?;

@@ -69,14 +69,25 @@ pub async fn open_metadata(config: &Config) -> Result<Arc<dyn MetadataStore>, St
             .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
     }
     let url = config.database_url();
-    if url.starts_with("dynamodb:") {
-        // One upload request is one DynamoDB transaction, which holds a bounded number of items.
-        if config.limits.max_files_per_request > handoff_dynamo::MAX_FILES_PER_COMMIT {
-            return Err(StartError::TooManyFilesPerCommit(config.limits.max_files_per_request));
-        }
-        return Ok(handoff_dynamo::connect(&url).await?);
+    // One upload request is one DynamoDB transaction, which holds a bounded number of items.
+    if is_dynamodb(&url) && config.limits.max_files_per_request > handoff_dynamo::MAX_FILES_PER_COMMIT {
+        return Err(StartError::TooManyFilesPerCommit(config.limits.max_files_per_request));
     }
-    Ok(handoff_db::connect(&url).await?)
+    connect_metadata(&url).await
+}
+
+fn is_dynamodb(url: &str) -> bool {
+    url.starts_with("dynamodb:")
+}
+
+/// Opens the metadata store at `url`, whichever backend it names (SQLite, PostgreSQL or DynamoDB), applying
+/// migrations or creating the table as that backend does. No server limits are checked: for tools such as
+/// `migrate-storage`, which write rows one at a time.
+pub async fn connect_metadata(url: &str) -> Result<Arc<dyn MetadataStore>, StartError> {
+    if is_dynamodb(url) {
+        return Ok(handoff_dynamo::connect(url).await?);
+    }
+    Ok(handoff_db::connect(url).await?)
 }
 
 impl AppState {

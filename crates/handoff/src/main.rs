@@ -37,7 +37,7 @@ enum Command {
     /// older keys stay valid until they expire.
     RotateSigningKey(ConfigArgs),
     /// Copy this instance (signing keys, accounts, files) to other backends, e.g. SQLite + local disk →
-    /// PostgreSQL + S3.
+    /// PostgreSQL (or DynamoDB) + S3.
     ///
     /// The usual flags (--data-dir, --database-url, --storage-url, --config, HANDOFF_* environment) name the
     /// SOURCE; --to-database-url and --to-storage-url name the TARGET. Stop the source server (or keep it
@@ -59,7 +59,8 @@ enum Command {
 struct MigrateStorageArgs {
     #[command(flatten)]
     source: ConfigArgs,
-    /// Target metadata store: postgres://… or sqlite://PATH. The database must exist; it is migrated.
+    /// Target metadata store: postgres://…, sqlite://PATH or dynamodb://TABLE?region=…. A database must exist (it
+    /// is migrated); a DynamoDB table is created when missing unless `ensure=false`.
     #[arg(long, env = "HANDOFF_TO_DATABASE_URL", value_name = "URL", hide_env_values = true)]
     to_database_url: String,
     /// Target blob store: s3://BUCKET/PREFIX?endpoint=…, or file://DIR.

@@ -1,7 +1,8 @@
 //! `handoff migrate-storage`, end to end with the real binary: an instance on SQLite + local disk, filled over
-//! HTTP, is stopped and copied to PostgreSQL + S3 (an in-process s3s-fs with SigV4), twice; a server on the target
-//! backends then serves the same accounts, tokens and files. Without `HANDOFF_TEST_POSTGRES_URL` the test returns
-//! early (in CI it fails instead).
+//! HTTP, is stopped and copied to PostgreSQL + S3 (an in-process s3s-fs with SigV4), and to DynamoDB (moto's
+//! server) + S3, twice each; a server on the target backends then serves the same accounts, tokens and files.
+//! Without `HANDOFF_TEST_POSTGRES_URL` or `HANDOFF_TEST_MOTO_SERVER` that leg returns early (in CI it fails
+//! instead).
 
 #[allow(dead_code)] // shared with tests/process.rs, which uses more of it
 #[path = "process/support.rs"]
@@ -135,6 +136,29 @@ async fn migrate_storage_moves_an_instance_to_postgres_and_s3_without_losing_any
         return;
     };
     let database = TestDatabase::create(&admin_url).await;
+    moves_an_instance_without_losing_anything(&database.url, &[]).await;
+}
+
+/// The serverless deployment's metadata store as the target: DynamoDB (moto's server), with S3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn migrate_storage_moves_an_instance_to_dynamodb_and_s3_without_losing_anything() {
+    let Some(moto) = handoff_dynamo::testing::moto_server() else {
+        eprintln!("HANDOFF_TEST_MOTO_SERVER unset: skipping");
+        return;
+    };
+    let table = handoff_dynamo::testing::TestTable::create(&moto);
+    // A server on DynamoDB holds one upload in one transaction: at most 48 files per request.
+    let max_files = handoff_dynamo::MAX_FILES_PER_COMMIT.to_string();
+    moves_an_instance_without_losing_anything(
+        &table.url,
+        &[("HANDOFF_LIMITS__MAX_FILES_PER_REQUEST", max_files.as_str())],
+    )
+    .await;
+}
+
+/// Fills an instance on the defaults, copies it to `database_url` + S3 twice (the second run copies nothing),
+/// and checks a server on the target serves the same accounts, tokens and files.
+async fn moves_an_instance_without_losing_anything(database_url: &str, target_env: &[(&str, &str)]) {
     let s3 = TestS3::start().await;
     let storage_url = s3.storage_url(PREFIX);
 
@@ -191,8 +215,8 @@ async fn migrate_storage_moves_an_instance_to_postgres_and_s3_without_losing_any
         )
     };
 
-    // 2. Copy to PostgreSQL + S3.
-    let first = stdout_of(&migrate_storage(source.path(), &database.url, &storage_url).await);
+    // 2. Copy to the target database + S3.
+    let first = stdout_of(&migrate_storage(source.path(), database_url, &storage_url).await);
     eprintln!("first run:\n{first}");
     assert!(first.contains("copied 6 files, "), "{first}");
     assert!(
@@ -210,7 +234,7 @@ async fn migrate_storage_moves_an_instance_to_postgres_and_s3_without_losing_any
     assert_eq!(after_first.len(), 6, "one object per file: {after_first:?}");
 
     // 3. Again: nothing is copied twice.
-    let second = stdout_of(&migrate_storage(source.path(), &database.url, &storage_url).await);
+    let second = stdout_of(&migrate_storage(source.path(), database_url, &storage_url).await);
     eprintln!("second run:\n{second}");
     assert!(second.contains("0 signing keys copied (1 already present)"), "{second}");
     assert!(second.contains("0 users copied (2 already present)"), "{second}");
@@ -227,13 +251,12 @@ async fn migrate_storage_moves_an_instance_to_postgres_and_s3_without_losing_any
 
     // 4. A server on the target backends (its own, empty data directory) serves everything.
     let target_dir = tempfile::tempdir().expect("target data dir");
-    let target = Server::start(
-        target_dir.path(),
-        &[
-            ("HANDOFF_DATABASE_URL", database.url.as_str()),
-            ("HANDOFF_STORAGE_URL", storage_url.as_str()),
-        ],
-    );
+    let mut env = vec![
+        ("HANDOFF_DATABASE_URL", database_url),
+        ("HANDOFF_STORAGE_URL", storage_url.as_str()),
+    ];
+    env.extend_from_slice(target_env);
+    let target = Server::start(target_dir.path(), &env);
     let anonymous = target.client();
 
     // Access tokens signed by the old instance still verify: the signing keys moved along.

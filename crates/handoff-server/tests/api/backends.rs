@@ -1,5 +1,5 @@
-//! The same user story on every deployment: SQLite + local disk, and PostgreSQL + S3 (a real SigV4-checking S3
-//! server). Upload (raw and multipart, small and multi-part sized), download whole and in ranges, list, rename,
+//! The same user story on every deployment: SQLite + local disk, PostgreSQL + S3 (a real SigV4-checking S3
+//! server), and the serverless stores, DynamoDB (moto's server) + S3. Upload (raw and multipart, small and multi-part sized), download whole and in ranges, list, rename,
 //! delete with its bytes collected, and everything still there after a restart. Plus S3-only behaviour:
 //! presigned-redirect downloads minted after the access check.
 
@@ -7,11 +7,11 @@ use reqwest::StatusCode;
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, all_backends, assert_problem, random_bytes, sha256_hex};
+use crate::helpers::{Backend, TestApp, all_backends, assert_problem, every_deployment, random_bytes, sha256_hex};
 
 #[tokio::test]
 async fn the_whole_story_on_every_backend() {
-    for backend in all_backends() {
+    for backend in every_deployment() {
         let app = TestApp::spawn_on(backend, |_| {}).await;
         let alice = app.user("alice").await;
         let bob = app.user("bob").await;
@@ -185,4 +185,72 @@ async fn redirect_mode_falls_back_to_streaming_on_local_storage() {
     let response = app.content(&alice.token, file["key"].as_str().unwrap()).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.text().await.unwrap(), "local bytes");
+}
+
+/// One upload is one DynamoDB transaction: a server on DynamoDB refuses to start with a per-request file limit a
+/// transaction cannot hold, and at the limit a form with one file too many is refused whole, while a full form
+/// commits every file.
+#[tokio::test]
+async fn dynamodb_uploads_hold_at_most_one_transaction_of_files() {
+    if !every_deployment().contains(&Backend::Serverless) {
+        return;
+    }
+    let app = TestApp::spawn_on(Backend::Serverless, |_| {}).await;
+    let max = handoff_dynamo::MAX_FILES_PER_COMMIT;
+
+    let mut too_many = app.config.clone();
+    too_many.limits.max_files_per_request = max + 1;
+    let refused = handoff_server::AppState::build(too_many)
+        .await
+        .err()
+        .expect("a DynamoDB server with more files per request than a transaction holds must not start");
+    let message = refused.to_string();
+    assert!(
+        message.contains("max_files_per_request") && message.contains(&max.to_string()),
+        "{message}"
+    );
+
+    let alice = app.user("alice").await;
+    let form = |count: usize| {
+        (0..count).fold(Form::new(), |form, i| {
+            form.part(
+                "file",
+                Part::bytes(format!("file {i}").into_bytes()).file_name(format!("f{i}.txt")),
+            )
+        })
+    };
+    let post = |form: Form| {
+        app.client
+            .post(app.url("/files"))
+            .bearer_auth(&alice.token)
+            .multipart(form)
+            .send()
+    };
+    let problem = assert_problem(
+        post(form(max + 1)).await.unwrap(),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_many_files",
+    )
+    .await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains(&max.to_string()),
+        "{problem}"
+    );
+    let listed: Value = app.list(&alice.token, &[]).await.json().await.unwrap();
+    assert_eq!(
+        listed["files"].as_array().unwrap().len(),
+        0,
+        "a refused form stores nothing"
+    );
+
+    let response = post(form(max)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let stored: Value = response.json().await.unwrap();
+    assert_eq!(stored["files"].as_array().unwrap().len(), max);
+    let last = stored["files"][max - 1]["key"].as_str().unwrap();
+    assert_eq!(
+        app.content(&alice.token, last).await.text().await.unwrap(),
+        format!("file {}", max - 1)
+    );
+    assert_eq!(app.usage(&alice.token).await["files"], max);
 }

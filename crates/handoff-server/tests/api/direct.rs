@@ -1,13 +1,13 @@
 //! Direct transfers (`/upload-sessions`, `GET /files/{key}/download-url`) on every backend: SQLite + local disk
-//! (URLs signed and served by the server) and PostgreSQL + S3 (URLs presigned for s3s-fs, which checks SigV4
-//! signatures and expiry itself). The bytes go to the URLs with a plain HTTP client (no token) and with curl.
+//! (URLs signed and served by the server), and PostgreSQL + S3 and DynamoDB + S3 (URLs presigned for s3s-fs,
+//! which checks SigV4 signatures and expiry itself). The bytes go to the URLs with a plain HTTP client (no token) and with curl.
 
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, all_backends, assert_problem, random_bytes, sha256_hex};
+use crate::helpers::{Backend, TestApp, assert_problem, every_deployment, random_bytes, sha256_hex};
 
 const MIB: usize = 1 << 20;
 
@@ -104,7 +104,7 @@ fn tamper(url: &str, marker: &str) -> String {
 fn signature_marker(backend: Backend) -> &'static str {
     match backend {
         Backend::Embedded => "&sig=",
-        Backend::Scaled => "X-Amz-Signature=",
+        Backend::Scaled | Backend::Serverless => "X-Amz-Signature=",
     }
 }
 
@@ -119,7 +119,7 @@ fn curl() -> Option<&'static str> {
 
 #[tokio::test]
 async fn a_single_put_becomes_a_file_on_every_backend() {
-    for backend in all_backends() {
+    for backend in every_deployment() {
         let app = TestApp::spawn_on(backend, |_| {}).await;
         let alice = app.user("alice").await;
         let bob = app.user("bob").await;
@@ -243,7 +243,7 @@ async fn a_single_put_becomes_a_file_on_every_backend() {
 
 #[tokio::test]
 async fn multipart_uploads_resume_from_the_stored_parts_on_every_backend() {
-    for backend in all_backends() {
+    for backend in every_deployment() {
         let app = TestApp::spawn_on(backend, five_mib_parts).await;
         let alice = app.user("alice").await;
         let bytes = random_bytes(10 * MIB + 1234, 23);
@@ -338,7 +338,7 @@ async fn multipart_uploads_resume_from_the_stored_parts_on_every_backend() {
 
 #[tokio::test]
 async fn size_and_checksum_mismatches_leave_nothing_on_every_backend() {
-    for backend in all_backends() {
+    for backend in every_deployment() {
         let app = TestApp::spawn_on(backend, |_| {}).await;
         let alice = app.user("alice").await;
         let bytes = random_bytes(100_000, 24);
@@ -377,7 +377,7 @@ async fn size_and_checksum_mismatches_leave_nothing_on_every_backend() {
         let (status, _) = app.put_bytes(&url, bytes[..1000].to_vec()).await;
         match backend {
             Backend::Embedded => assert_eq!(status, StatusCode::BAD_REQUEST),
-            Backend::Scaled => assert_eq!(status, StatusCode::OK),
+            Backend::Scaled | Backend::Serverless => assert_eq!(status, StatusCode::OK),
         }
         let long = [bytes.clone(), b"x".to_vec()].concat();
         let (status, _) = app.put_bytes(&url, long).await;
@@ -409,7 +409,7 @@ async fn size_and_checksum_mismatches_leave_nothing_on_every_backend() {
 
 #[tokio::test]
 async fn tampered_and_expired_urls_are_refused_on_every_backend() {
-    for backend in all_backends() {
+    for backend in every_deployment() {
         let app = TestApp::spawn_on(backend, |c| c.direct.url_ttl_secs = 1).await;
         let alice = app.user("alice").await;
         let bytes = random_bytes(1000, 25);
@@ -461,7 +461,7 @@ async fn tampered_and_expired_urls_are_refused_on_every_backend() {
 
 #[tokio::test]
 async fn aborted_and_expired_sessions_give_their_parts_back_on_every_backend() {
-    for backend in all_backends() {
+    for backend in every_deployment() {
         let app = TestApp::spawn_on(backend, |c| {
             five_mib_parts(c);
             c.direct.expiry_secs = 2;

@@ -17,12 +17,15 @@ pub enum Backend {
     Embedded,
     /// The scaled-out deployment: PostgreSQL and S3 (a real SigV4-checking server, in-process).
     Scaled,
+    /// The serverless deployment's stores: DynamoDB (moto's server) and S3 (the same SigV4-checking server).
+    Serverless,
 }
 
 /// External resources a scaled test server uses, dropped with the last `TestApp` that shares them.
 #[allow(dead_code)] // held for their `Drop`
 pub struct ScaledResources {
-    pub database: handoff_db::testing::TestDatabase,
+    pub database: Option<handoff_db::testing::TestDatabase>,
+    pub table: Option<handoff_dynamo::testing::TestTable>,
     pub s3: handoff_storage::testing::TestS3,
 }
 
@@ -34,6 +37,18 @@ pub fn all_backends() -> Vec<Backend> {
         all.push(Backend::Scaled);
     } else {
         eprintln!("HANDOFF_TEST_POSTGRES_URL is not set: skipping the PostgreSQL + S3 backend");
+    }
+    all
+}
+
+/// [`all_backends`] plus the serverless stores (DynamoDB on moto's server, `HANDOFF_TEST_MOTO_SERVER`; required
+/// when `CI` is set): for the suites that prove a deployment end to end, not for every test, as moto is slow.
+pub fn every_deployment() -> Vec<Backend> {
+    let mut all = all_backends();
+    if handoff_dynamo::testing::moto_server().is_some() {
+        all.push(Backend::Serverless);
+    } else {
+        eprintln!("HANDOFF_TEST_MOTO_SERVER is not set: skipping the DynamoDB + S3 backend");
     }
     all
 }
@@ -80,13 +95,29 @@ impl TestApp {
             Backend::Embedded => None,
             Backend::Scaled => {
                 let admin = handoff_db::testing::postgres_admin_url().expect("HANDOFF_TEST_POSTGRES_URL");
-                let resources = ScaledResources {
-                    database: handoff_db::testing::TestDatabase::create(&admin).await,
-                    s3: handoff_storage::testing::TestS3::start().await,
-                };
-                config.database_url = Some(resources.database.url.clone());
-                config.storage_url = Some(resources.s3.storage_url("handoff"));
-                Some(std::sync::Arc::new(resources))
+                let database = handoff_db::testing::TestDatabase::create(&admin).await;
+                let s3 = handoff_storage::testing::TestS3::start().await;
+                config.database_url = Some(database.url.clone());
+                config.storage_url = Some(s3.storage_url("handoff"));
+                Some(std::sync::Arc::new(ScaledResources {
+                    database: Some(database),
+                    table: None,
+                    s3,
+                }))
+            }
+            Backend::Serverless => {
+                let moto = handoff_dynamo::testing::moto_server().expect("HANDOFF_TEST_MOTO_SERVER");
+                let table = handoff_dynamo::testing::TestTable::create(&moto);
+                let s3 = handoff_storage::testing::TestS3::start().await;
+                config.database_url = Some(table.url.clone());
+                config.storage_url = Some(s3.storage_url("handoff"));
+                // One upload is one DynamoDB transaction: the deployment template's limit.
+                config.limits.max_files_per_request = handoff_dynamo::MAX_FILES_PER_COMMIT;
+                Some(std::sync::Arc::new(ScaledResources {
+                    database: None,
+                    table: Some(table),
+                    s3,
+                }))
             }
         };
         customise(&mut config);
