@@ -102,6 +102,12 @@ fn start(executable: &str) -> Server {
     }
 }
 
+/// The shared moto server's endpoint (`http://127.0.0.1:PORT`), started on first use. moto serves every AWS API
+/// it emulates on this one port (Cognito user pools too, for the Lambda end-to-end run).
+pub fn endpoint(executable: &str) -> &'static str {
+    &SERVER.get_or_init(|| start(executable)).endpoint
+}
+
 /// A table of its own on the shared moto server (left behind when the test ends; moto keeps tables in memory).
 #[derive(Debug)]
 pub struct TestTable {
@@ -113,9 +119,8 @@ pub struct TestTable {
 impl TestTable {
     /// A fresh table name on the moto server `executable` (started on first use).
     pub fn create(executable: &str) -> Self {
-        let server = SERVER.get_or_init(|| start(executable));
         let name = format!("handoff-test-{}", uuid::Uuid::new_v4().simple());
-        let url = format!("dynamodb://{name}?region=us-east-1&endpoint={}", server.endpoint);
+        let url = format!("dynamodb://{name}?region=us-east-1&endpoint={}", endpoint(executable));
         Self { name, url }
     }
 

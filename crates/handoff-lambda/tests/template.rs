@@ -360,6 +360,8 @@ fn the_functions_environment_is_a_valid_configuration() {
         .unwrap_or_else(|e| panic!("{e:?}\n{environment:#?}"));
     assert!(!config.auth.builtin_accounts, "identity comes from the user pool only");
     assert_eq!(config.downloads.mode, handoff_server::config::DownloadMode::Redirect);
+    // PresignedUrlTtlSeconds bounds every presigned URL, not only the redirects' (tests/e2e.rs found the gap).
+    assert_eq!(config.direct.url_ttl_secs, config.downloads.presigned_ttl_secs);
     assert_eq!(config.auth.oidc.len(), 1);
     let cognito = &config.auth.oidc[0];
     assert_eq!(cognito.name, "cognito");
