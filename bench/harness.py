@@ -568,7 +568,8 @@ def upload_10g(args, tmp, handoff_bin, res, notes):
     idle, peak = int(m.group(1)) / 1024, int(m.group(2)) / 1024
     res.add("upload10g", "Handoff", {"peak_mib": peak})
     notes["upload10g"] = (f"Handoff only, `bench/upload-memory.sh 10` (10 GiB of zeros streamed from a pipe, chunked): "
-                          f"peak RSS {peak:.1f} MiB, of which {idle:.1f} MiB was already held after sign-up/sign-in "
+                          f"peak RSS during the upload {peak:.1f} MiB (VmHWM reset after sign-in, as for the other "
+                          f"transfers), of which {idle:.1f} MiB was resident before it "
                           f"(growth during the upload {peak - idle:.1f} MiB); "
                           f"{int(w.group(1)) / 1e9 / float(w.group(2)):.2f} GB/s wall." if w else "")
 
