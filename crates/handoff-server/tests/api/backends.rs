@@ -202,8 +202,7 @@ async fn dynamodb_uploads_hold_at_most_one_transaction_of_files() {
     too_many.limits.max_files_per_request = max + 1;
     let refused = handoff_server::AppState::build(too_many)
         .await
-        .err()
-        .expect("a DynamoDB server with more files per request than a transaction holds must not start");
+        .expect_err("a DynamoDB server with more files per request than a transaction holds must not start");
     let message = refused.to_string();
     assert!(
         message.contains("max_files_per_request") && message.contains(&max.to_string()),
