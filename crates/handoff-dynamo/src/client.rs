@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, TransactWriteItem};
 use handoff_core::{StoreError, StoreResult};
 
-use crate::item::{Item, key};
+use crate::item::{Item, Row, key, ts_upto};
 
 /// Errors opening a store; once open, operations report [`StoreError`].
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +193,37 @@ impl DynamoStore {
                 if pending.as_ref().is_some_and(|k| !k.is_empty()) {
                     tokio::time::sleep(Duration::from_millis(20 * rounds)).await;
                 }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Up to `limit` sessions due on the expiry partition `partition` of GSI5 (sort key ≤ `now`), skipping those
+    /// whose `held_until` attribute is still in the future: a request holds them (an append's lease, a
+    /// completion's claim), and the holder moves or removes them. Reads a margin beyond `limit` for those.
+    pub(crate) async fn due_unheld<T>(
+        &self,
+        partition: &str,
+        held_until: &str,
+        now: time::OffsetDateTime,
+        limit: u32,
+        decode: fn(&Item) -> StoreResult<T>,
+    ) -> StoreResult<Vec<T>> {
+        let page = self
+            .query(
+                Query::index("GSI5", partition)
+                    .sk(SkCondition::Le(ts_upto(now)))
+                    .limit(limit as usize + 100),
+            )
+            .await?;
+        let mut found = Vec::new();
+        for item in &page {
+            if found.len() >= limit as usize {
+                break;
+            }
+            let held = Row(item).opt_time(held_until)?.is_some_and(|until| until > now);
+            if !held {
+                found.push(decode(item)?);
             }
         }
         Ok(found)

@@ -13,9 +13,9 @@ use handoff_core::{
 };
 use time::OffsetDateTime;
 
-use crate::client::{ATTEMPTS, DynamoStore, Query, SkCondition, backoff, conditional, contended};
+use crate::client::{ATTEMPTS, DynamoStore, backoff, conditional, contended};
 use crate::core::{blob_pk, delete, put_new, team_pk, user_pk, values};
-use crate::item::{Item, ItemBuilder, Row, key, s, time, ts_key, ts_upto};
+use crate::item::{Item, ItemBuilder, Row, key, s, time, ts_key};
 use crate::roster::{roster_add, roster_remove};
 
 const SK: &str = "DIRECT";
@@ -209,25 +209,9 @@ impl DirectUploadStore for DynamoStore {
     }
 
     async fn expired_direct_uploads(&self, now: OffsetDateTime, limit: u32) -> StoreResult<Vec<DirectUpload>> {
-        // Claimed sessions are skipped (someone is completing or reclaiming them): read a margin beyond `limit`.
-        let page = self
-            .query(
-                Query::index("GSI5", "DIRECTEXP")
-                    .sk(SkCondition::Le(ts_upto(now)))
-                    .limit(limit as usize + 100),
-            )
-            .await?;
-        let mut found = Vec::new();
-        for item in &page {
-            if found.len() >= limit as usize {
-                break;
-            }
-            let claimed = Row(item).opt_time("claim_until")?.is_some_and(|until| until > now);
-            if !claimed {
-                found.push(direct_from(item)?);
-            }
-        }
-        Ok(found)
+        // Claimed sessions are skipped: someone is completing or reclaiming them.
+        self.due_unheld("DIRECTEXP", "claim_until", now, limit, direct_from)
+            .await
     }
 
     async fn open_direct_bytes(&self, account: Account, now: OffsetDateTime) -> StoreResult<u64> {

@@ -14,9 +14,9 @@ use handoff_core::{
 };
 use time::OffsetDateTime;
 
-use crate::client::{ATTEMPTS, DynamoStore, Query, SkCondition, backoff, conditional, contended};
+use crate::client::{ATTEMPTS, DynamoStore, backoff, conditional, contended};
 use crate::core::{blob_pk, delete, put_new, team_pk, update, user_pk, values};
-use crate::item::{Item, ItemBuilder, Row, b, flag, key, n, s, time, ts_key, ts_upto};
+use crate::item::{Item, ItemBuilder, Row, b, flag, key, n, s, time, ts_key};
 use crate::links::link_pk;
 use crate::roster::{Roster, roster_add, roster_remove};
 
@@ -344,25 +344,9 @@ impl UploadStore for DynamoStore {
 
     async fn expired_uploads(&self, now: OffsetDateTime, limit: u32) -> StoreResult<Vec<UploadSession>> {
         // Leased sessions are skipped; a leased session is being appended to, which moves its expiry forward, so
-        // few due ones are leased: read a margin beyond `limit`.
-        let page = self
-            .query(
-                Query::index("GSI5", "UPLOADEXP")
-                    .sk(SkCondition::Le(ts_upto(now)))
-                    .limit(limit as usize + 100),
-            )
-            .await?;
-        let mut found = Vec::new();
-        for item in &page {
-            if found.len() >= limit as usize {
-                break;
-            }
-            let leased = Row(item).opt_time("lease_until")?.is_some_and(|until| until > now);
-            if !leased {
-                found.push(session_from(item)?);
-            }
-        }
-        Ok(found)
+        // few due ones are leased.
+        self.due_unheld("UPLOADEXP", "lease_until", now, limit, session_from)
+            .await
     }
 
     async fn delete_expired_upload(&self, id: &UploadId, now: OffsetDateTime) -> StoreResult<bool> {
