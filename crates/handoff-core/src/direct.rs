@@ -54,8 +54,25 @@ pub struct DirectUpload {
     /// The blob store's state for this upload (S3: the multipart upload id), opaque to the metadata store.
     pub store_state: String,
     pub created_at: OffsetDateTime,
-    /// After this the session can no longer be used, and the maintenance task reclaims its parts.
+    /// After this the session can no longer be used, and the maintenance task reclaims its parts (or, once
+    /// completed, only its row).
     pub expires_at: OffsetDateTime,
+    /// How far verification got: `Some` once the parts are joined into the blob. A completion stops after a
+    /// time budget (API Gateway gives a request 30 s; reading many gigabytes takes longer) and the next one
+    /// resumes here.
+    pub verification: Option<Verification>,
+    /// When the session made its file. The row stays until `expires_at`, so a completion retried after its
+    /// answer was lost finds the file instead of a missing session; it no longer counts as open.
+    pub completed_at: Option<OffsetDateTime>,
+}
+
+/// A completion's progress through the joined blob.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Verification {
+    /// Bytes read (and hashed) so far, from the start of the blob.
+    pub verified: u64,
+    /// The serialized SHA-256 state after those bytes (opaque to stores).
+    pub hash_state: Vec<u8>,
 }
 
 impl DirectUpload {
@@ -117,19 +134,37 @@ pub trait DirectUploadStore: Send + Sync {
     /// Gives a claim up (no-op when `token` no longer holds it), e.g. after a completion the client can retry.
     async fn release_direct_upload(&self, id: &UploadId, token: &LeaseToken) -> StoreResult<()>;
 
+    /// Records how far verification got, if `token` holds the claim (else `false`, nothing written).
+    async fn record_direct_verification(
+        &self,
+        id: &UploadId,
+        token: &LeaseToken,
+        progress: &Verification,
+    ) -> StoreResult<bool>;
+
+    /// Marks the session completed (its file exists) and gives the claim up, if `token` holds it: it no longer
+    /// counts against the owner's open sessions, its reservation or its blob (the file owns that now). The row
+    /// stays until it expires, for completions retried after a lost answer.
+    async fn mark_direct_upload_completed(
+        &self,
+        id: &UploadId,
+        token: &LeaseToken,
+        now: OffsetDateTime,
+    ) -> StoreResult<bool>;
+
     /// Removes the session if `token` holds its claim; returns whether a row was removed.
     async fn delete_direct_upload(&self, id: &UploadId, token: &LeaseToken) -> StoreResult<bool>;
 
-    /// Sessions whose expiry has passed and that nobody holds a live claim on, oldest first.
+    /// Sessions (completed ones too) whose expiry has passed and that nobody holds a live claim on, oldest first.
     async fn expired_direct_uploads(&self, now: OffsetDateTime, limit: u32) -> StoreResult<Vec<DirectUpload>>;
 
     /// The declared sizes of `account`'s sessions (`Account::User`: the user's sessions into their own space;
     /// `Account::Team`: sessions into the team) that are still open at `now`: what a quota must keep free for
-    /// them.
+    /// them. Completed sessions reserve nothing.
     async fn open_direct_bytes(&self, account: Account, now: OffsetDateTime) -> StoreResult<u64>;
 
-    /// Whether a session names `blob`: a completed-but-not-yet-committed upload's object already sits among the
-    /// committed blobs, and the orphan collector must leave it alone.
+    /// Whether a session that has not completed names `blob`: a joined-but-not-yet-committed upload's object
+    /// already sits among the committed blobs, and the orphan collector must leave it alone.
     async fn blob_in_direct_upload(&self, blob: BlobId) -> StoreResult<bool>;
 }
 

@@ -14,7 +14,7 @@ pub mod ports;
 pub mod sharing;
 pub mod uploads;
 
-pub use direct::{DirectBlobStore, DirectUpload, DirectUploadStore, StoredPart};
+pub use direct::{DirectBlobStore, DirectUpload, DirectUploadStore, StoredPart, Verification};
 pub use identity::{ApiTokenRecord, ApiTokenScope, IdentityStore, NewApiToken, NewExternalUser};
 pub use ids::{AuditId, BlobId, FileKey, LinkToken, RefreshTokenSecret, ShareId, TeamId, UploadLinkId, UserId};
 pub use model::{

@@ -1,8 +1,10 @@
-//! [`handoff_core::DirectUploadStore`] for both backends from one body of SQL (table `direct_uploads`, migration
-//! 0006), in the dialect they share, with the slots of [`crate::collab::render`] (`{uuid}`, `{for_update}`).
+//! [`handoff_core::DirectUploadStore`] for both backends from one body of SQL (table `direct_uploads`, migrations
+//! 0006 and 0007), in the dialect they share, with the slots of [`crate::collab::render`] (`{uuid}`,
+//! `{for_update}`).
 //!
 //! Sessions are written once; afterwards only the claim changes, by one conditional `UPDATE … WHERE claim_until
-//! IS NULL OR claim_until <= now RETURNING …`, atomic on either backend. The per-owner session limit is a count
+//! IS NULL OR claim_until <= now RETURNING …`, atomic on either backend, and whoever holds the claim records the
+//! verification's progress and the completion (`completed_at`; completed rows are left out of every count). The per-owner session limit is a count
 //! and an insert in one write transaction, serialised by a row lock on the user (PostgreSQL) or by SQLite's
 //! single writer.
 
@@ -12,7 +14,7 @@ macro_rules! direct_upload_store {
             use async_trait::async_trait;
             use handoff_core::{
                 Account, BlobId, DirectUpload, DirectUploadStore, FileKey, FileName, LeaseToken, StoreError,
-                StoreResult, TeamId, UploadId, UserId, Visibility,
+                StoreResult, TeamId, UploadId, UserId, Verification, Visibility,
             };
             use sqlx::Row as _;
             use time::OffsetDateTime;
@@ -23,7 +25,7 @@ macro_rules! direct_upload_store {
             const COLUMNS: &str = "id, CAST(owner_id AS TEXT) AS owner_id, CAST(team_id AS TEXT) AS team_id, \
                                    CAST(blob_id AS TEXT) AS blob_id, file_key, name, content_type, visibility, \
                                    file_expires_at, size, sha256, part_size, part_count, store_state, created_at, \
-                                   expires_at";
+                                   expires_at, verified_bytes, hash_state, completed_at";
 
             fn q(sql: &str) -> sqlx::AssertSqlSafe<String> {
                 sqlx::AssertSqlSafe(
@@ -51,6 +53,8 @@ macro_rules! direct_upload_store {
                 let blob: String = get(row, "blob_id")?;
                 let file_expires_at: Option<i64> = get(row, "file_expires_at")?;
                 let part_count: i32 = get(row, "part_count")?;
+                let hash_state: Option<Vec<u8>> = get(row, "hash_state")?;
+                let completed_at: Option<i64> = get(row, "completed_at")?;
                 Ok(DirectUpload {
                     id: UploadId::parse(&id).ok_or_else(|| StoreError::Corrupt("direct upload id".into()))?,
                     owner: UserId(parse_uuid(&owner, "owner_id")?),
@@ -70,6 +74,15 @@ macro_rules! direct_upload_store {
                     store_state: get(row, "store_state")?,
                     created_at: from_micros(get(row, "created_at")?)?,
                     expires_at: from_micros(get(row, "expires_at")?)?,
+                    verification: hash_state
+                        .map(|hash_state| -> StoreResult<Verification> {
+                            Ok(Verification {
+                                verified: to_u64(get(row, "verified_bytes")?, "verified bytes")?,
+                                hash_state,
+                            })
+                        })
+                        .transpose()?,
+                    completed_at: completed_at.map(from_micros).transpose()?,
                 })
             }
 
@@ -94,7 +107,8 @@ macro_rules! direct_upload_store {
                         return Err(StoreError::NotFound);
                     }
                     let row = sqlx::query(q(
-                        "SELECT COUNT(*) AS open FROM direct_uploads WHERE owner_id = CAST($1 AS {uuid}) AND expires_at > $2",
+                        "SELECT COUNT(*) AS open FROM direct_uploads
+                         WHERE owner_id = CAST($1 AS {uuid}) AND expires_at > $2 AND completed_at IS NULL",
                     ))
                     .bind(s.owner.0.to_string())
                     .bind(micros(now))
@@ -181,6 +195,46 @@ macro_rules! direct_upload_store {
                     Ok(())
                 }
 
+                async fn record_direct_verification(
+                    &self,
+                    id: &UploadId,
+                    token: &LeaseToken,
+                    progress: &Verification,
+                ) -> StoreResult<bool> {
+                    let done = sqlx::query(q(
+                        "UPDATE direct_uploads SET verified_bytes = $1, hash_state = $2
+                         WHERE id = $3 AND claim_token = $4",
+                    ))
+                    .bind(size(progress.verified)?)
+                    .bind(progress.hash_state.as_slice())
+                    .bind(id.as_str())
+                    .bind(token.as_str())
+                    .execute(self.write())
+                    .await
+                    .map_err(store_error)?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn mark_direct_upload_completed(
+                    &self,
+                    id: &UploadId,
+                    token: &LeaseToken,
+                    now: OffsetDateTime,
+                ) -> StoreResult<bool> {
+                    let done = sqlx::query(q(
+                        "UPDATE direct_uploads
+                         SET completed_at = $1, hash_state = NULL, claim_token = NULL, claim_until = NULL
+                         WHERE id = $2 AND claim_token = $3",
+                    ))
+                    .bind(micros(now))
+                    .bind(id.as_str())
+                    .bind(token.as_str())
+                    .execute(self.write())
+                    .await
+                    .map_err(store_error)?;
+                    Ok(done.rows_affected() == 1)
+                }
+
                 async fn delete_direct_upload(&self, id: &UploadId, token: &LeaseToken) -> StoreResult<bool> {
                     let done = sqlx::query(q("DELETE FROM direct_uploads WHERE id = $1 AND claim_token = $2"))
                         .bind(id.as_str())
@@ -216,7 +270,7 @@ macro_rules! direct_upload_store {
                     };
                     let row = sqlx::query(q(&format!(
                         "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) AS total FROM direct_uploads
-                         WHERE {filter} AND expires_at > $2"
+                         WHERE {filter} AND expires_at > $2 AND completed_at IS NULL"
                     )))
                     .bind(id.to_string())
                     .bind(micros(now))
@@ -228,7 +282,8 @@ macro_rules! direct_upload_store {
 
                 async fn blob_in_direct_upload(&self, blob: BlobId) -> StoreResult<bool> {
                     let row = sqlx::query(q(
-                        "SELECT COUNT(*) AS n FROM direct_uploads WHERE blob_id = CAST($1 AS {uuid})",
+                        "SELECT COUNT(*) AS n FROM direct_uploads
+                         WHERE blob_id = CAST($1 AS {uuid}) AND completed_at IS NULL",
                     ))
                     .bind(blob.0.to_string())
                     .fetch_one(self.read())

@@ -69,6 +69,11 @@ macro_rules! migrator {
                 "direct_uploads",
                 include_str!(concat!("../migrations/", $backend, "/0006_direct_uploads.sql")),
             ),
+            migration(
+                7,
+                "direct_verification",
+                include_str!(concat!("../migrations/", $backend, "/0007_direct_verification.sql")),
+            ),
         ];
         sqlx::migrate::Migrator {
             migrations: std::borrow::Cow::Owned(migrations),

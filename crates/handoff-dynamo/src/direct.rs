@@ -1,5 +1,7 @@
 //! [`DirectUploadStore`] on DynamoDB: one item per direct upload session (`DIRECT#<id>` / `DIRECT`), written once;
-//! afterwards only its claim changes, by a conditional `UpdateItem`. While a session exists, `BLOB#<blob>` /
+//! afterwards only its claim changes, by a conditional `UpdateItem`, and whoever holds the claim records the
+//! verification's progress (`verified_bytes`, `hash_state`) and the completion (`completed_at`). While a session
+//! is open (exists and has not completed), `BLOB#<blob>` /
 //! `DIRECT` names its blob (for the orphan collector), the owner's `ROSTER#DIRECT` lists it (the per-owner cap,
 //! counted and written in one transaction conditioned on the roster's version, see `roster.rs`) and the paying
 //! account's `ROSTER#DIRECTBYTES` lists it (the bytes a quota keeps free for it). Expired sessions are found
@@ -9,13 +11,13 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::ReturnValue;
 use handoff_core::{
     Account, BlobId, DirectUpload, DirectUploadStore, FileKey, FileName, LeaseToken, StoreError, StoreResult, TeamId,
-    UploadId, UserId, Visibility,
+    UploadId, UserId, Verification, Visibility,
 };
 use time::OffsetDateTime;
 
 use crate::client::{ATTEMPTS, DynamoStore, backoff, conditional, contended};
-use crate::core::{blob_pk, delete, put_new, team_pk, user_pk, values};
-use crate::item::{Item, ItemBuilder, Row, key, s, time, ts_key};
+use crate::core::{blob_pk, delete, put_new, team_pk, update, user_pk, values};
+use crate::item::{Item, ItemBuilder, Row, b, key, n, s, time, ts_key};
 use crate::roster::{roster_add, roster_remove};
 
 const SK: &str = "DIRECT";
@@ -60,6 +62,7 @@ fn direct_from(item: &Item) -> StoreResult<DirectUpload> {
     let r = Row(item);
     let visibility = r.str("file_visibility")?;
     let part_count = r.u64("part_count")?;
+    let hash_state = r.bytes("hash_state")?;
     Ok(DirectUpload {
         id: UploadId::parse(r.str("upload_id")?).ok_or_else(|| StoreError::Corrupt("direct upload id".into()))?,
         owner: UserId(r.uuid("owner_id")?),
@@ -78,6 +81,16 @@ fn direct_from(item: &Item) -> StoreResult<DirectUpload> {
         store_state: r.opt_str("store_state")?.unwrap_or_default().to_owned(),
         created_at: r.time("created_at")?,
         expires_at: r.time("expires_at")?,
+        // A serialized hasher is never empty: an absent attribute means "not joined yet".
+        verification: if hash_state.is_empty() {
+            None
+        } else {
+            Some(Verification {
+                verified: r.count("verified_bytes")?,
+                hash_state,
+            })
+        },
+        completed_at: r.opt_time("completed_at")?,
     })
 }
 
@@ -176,6 +189,67 @@ impl DirectUploadStore for DynamoStore {
             .await;
         conditional(result)?;
         Ok(())
+    }
+
+    async fn record_direct_verification(
+        &self,
+        id: &UploadId,
+        token: &LeaseToken,
+        progress: &Verification,
+    ) -> StoreResult<bool> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(direct_pk(id), SK)))
+            .update_expression("SET verified_bytes = :verified, hash_state = :hash")
+            .condition_expression("claim_token = :token")
+            .set_expression_attribute_values(Some(values([
+                (":verified", n(progress.verified)),
+                (":hash", b(&progress.hash_state)),
+                (":token", s(token.as_str())),
+            ])))
+            .send()
+            .await;
+        Ok(conditional(result)?.is_some())
+    }
+
+    async fn mark_direct_upload_completed(
+        &self,
+        id: &UploadId,
+        token: &LeaseToken,
+        now: OffsetDateTime,
+    ) -> StoreResult<bool> {
+        for attempt in 0..ATTEMPTS {
+            let Some(item) = self.get(direct_pk(id), SK).await? else {
+                return Ok(false);
+            };
+            let session = direct_from(&item)?;
+            // The file protects the blob from here on; the rosters stop counting the session.
+            let tx = self
+                .transact(vec![
+                    update(
+                        &self.table,
+                        direct_pk(id),
+                        SK,
+                        "SET completed_at = :now REMOVE hash_state, verified_bytes, claim_token, claim_until",
+                        Some("claim_token = :token"),
+                        values([(":now", time(now)), (":token", s(token.as_str()))]),
+                    )?,
+                    delete(&self.table, blob_pk(session.blob), SK, None)?,
+                    roster_remove(&self.table, user_pk(session.owner), ROSTER, id.as_str())?,
+                    roster_remove(&self.table, account_pk(session.account()), RESERVED, id.as_str())?,
+                ])
+                .await?;
+            if tx.done() {
+                return Ok(true);
+            }
+            if tx.failed(0) {
+                return Ok(false);
+            }
+            backoff(attempt).await;
+        }
+        Err(contended("completing a direct upload session"))
     }
 
     async fn delete_direct_upload(&self, id: &UploadId, token: &LeaseToken) -> StoreResult<bool> {

@@ -12,7 +12,8 @@
 //!
 //! The story: an anonymous request is `401` problem+json; the Cognito token signs in (`/auth/me`); a 12 MiB file
 //! goes up as a direct upload session in three parts that curl `PUT`s straight to the presigned S3 URLs; the
-//! session completes; the file comes back through `GET /files/{key}/download-url` and curl, byte for byte.
+//! session completes in steps (one invocation each, the progress kept in DynamoDB) and answers the same file when
+//! asked again; the file comes back through `GET /files/{key}/download-url` and curl, byte for byte.
 //!
 //! The emulator runs with `--only-lambda-apis`, and the function is the binary cargo built for this test
 //! (`CARGO_BIN_EXE_handoff-lambda`), started with the Runtime API's address: nothing is compiled a second time.
@@ -457,6 +458,8 @@ async fn the_lambda_function_serves_a_direct_upload_under_the_emulator() {
                 format!("{moto_endpoint}/{pool}/.well-known/jwks.json"),
             ),
             ("HANDOFF_DIRECT__PART_SIZE", PART_SIZE.to_string()),
+            // Completion in steps of about 1 MiB, as a file far beyond one request's 20 s of reading would go.
+            ("HANDOFF_DIRECT__COMPLETE_BUDGET_SECS", "0".to_owned()),
             // What Lambda gives every function: its identity, and the role's credentials (here the S3 server's
             // keys; moto takes any).
             ("AWS_LAMBDA_RUNTIME_API", format!("http://{address}/.rt")),
@@ -552,11 +555,26 @@ async fn the_lambda_function_serves_a_direct_upload_under_the_emulator() {
         assert_eq!(curl(vec!["-T".into(), part.clone(), url.clone()], None).await, 200);
     }
 
-    let (status, file) = api.post(&format!("/upload-sessions/{id}/complete"), &token, None).await;
-    assert_eq!(status, 201, "{file}");
+    // Completion: one invocation per step (202 with the progress, kept in DynamoDB), until 201.
+    let complete = format!("/upload-sessions/{id}/complete");
+    let mut steps = Vec::new();
+    let file = loop {
+        let (status, body) = api.post(&complete, &token, None).await;
+        if status == 201 {
+            break body;
+        }
+        assert_eq!(status, 202, "{body}");
+        steps.push(body["verified_bytes"].as_u64().unwrap());
+        assert!(steps.len() < 100, "completion does not move forward: {steps:?}");
+    };
+    assert!(steps.len() >= 2 && steps.is_sorted(), "{steps:?}");
     assert_eq!(file["sha256"], sha256);
     assert_eq!(file["size"], FILE_SIZE);
     let key = file["key"].as_str().unwrap();
+    // Asked again, as after a lost answer: the same file.
+    let (status, again) = api.post(&complete, &token, None).await;
+    assert_eq!(status, 201, "{again}");
+    assert_eq!(again["key"], file["key"]);
 
     // The download: a presigned GET minted by the function after the access check, fetched by curl.
     let (status, _, link) = api.get(&format!("/files/{key}/download-url"), Some(&token)).await;

@@ -170,8 +170,13 @@ pub struct Direct {
     pub url_ttl_secs: u64,
     /// Part URLs one request may ask for.
     pub max_urls_per_request: u32,
-    /// How long a completion may take (joining the parts and reading them once for SHA-256) before another
-    /// request may take the session over.
+    /// How long one completion request may spend reading the joined parts for SHA-256 before it answers
+    /// `202 Accepted` with its progress (kept in the session) and the client calls `/complete` again to go on.
+    /// Keeps every request under API Gateway's 30 s; never more than two thirds of `complete_timeout_secs`.
+    /// `0`: steps of about 1 MiB, the least one request reads.
+    pub complete_budget_secs: u64,
+    /// How long a completion request may hold the session (joining the parts, then reading for at most
+    /// `complete_budget_secs`) before another request may take the session over, should the first one die.
     pub complete_timeout_secs: u64,
     /// Where clients reach this server (`https://files.example.com`), for the URLs it signs itself (stores that
     /// cannot sign, like the local directory). Unset: those URLs are paths (`/direct/...`), relative to the URL
@@ -188,6 +193,7 @@ impl Default for Direct {
             expiry_secs: 24 * 3600,
             url_ttl_secs: 15 * 60,
             max_urls_per_request: 100,
+            complete_budget_secs: 20,
             complete_timeout_secs: 3600,
             public_url: None,
         }

@@ -7,7 +7,10 @@
 //! - `GET /upload-sessions/{id}` lists the parts the store holds, so a client that lost its state can resume;
 //! - `POST /upload-sessions/{id}/complete` joins the parts, verifies the result (size, SHA-256 read once from the
 //!   store, the client's declared SHA-256 if any) and makes it a file through [`commit_files`], the same commit as
-//!   `POST /files` (quota, audit); on a mismatch the bytes are deleted and nothing becomes visible;
+//!   `POST /files` (quota, audit); on a mismatch the bytes are deleted and nothing becomes visible. Reading is
+//!   bounded per request (`direct.complete_budget_secs`): past the budget the answer is `202` with the progress,
+//!   kept in the session (offset and SHA-256 state), and the client calls again; a completion repeated after the
+//!   file exists answers the file again (the session stays, marked completed, until it expires);
 //! - `DELETE /upload-sessions/{id}` aborts; the maintenance task reclaims expired sessions ([`reclaim`]);
 //! - `GET /files/{key}/download-url` answers a short-lived download URL after the access check.
 //!
@@ -18,7 +21,7 @@
 pub mod signed;
 pub mod transfer;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Bytes;
@@ -27,7 +30,8 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
 use handoff_core::{
-    BlobId, DirectUpload, FileAction, FileKey, FileName, LeaseToken, StoreError, UploadId, User, Visibility,
+    BlobId, DirectUpload, FileAction, FileKey, FileName, FileRecord, LeaseToken, StoreError, UploadId, User,
+    Verification, Visibility,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -43,6 +47,7 @@ use crate::error::{ApiError, ApiJson, ApiResult, Problem};
 use crate::files::FileView;
 use crate::files::upload::{Destination, FinishedBlob, commit_files, quota_exceeded, too_large};
 use crate::state::AppState;
+use crate::uploads::append::{resume_sha256, sha256_state};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -77,6 +82,22 @@ fn busy() -> ApiError {
         "another request is completing or aborting this upload session",
     )
     .with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))
+}
+
+/// Parts can no longer change once they are joined (completion started) or the file exists.
+fn joined(s: &DirectUpload) -> ApiError {
+    let (code, detail) = if s.completed_at.is_some() {
+        (
+            "upload_session_completed",
+            "this upload session is complete: its file exists",
+        )
+    } else {
+        (
+            "upload_session_completing",
+            "this upload session's parts are joined and being verified; call /complete to finish",
+        )
+    };
+    ApiError::new(StatusCode::CONFLICT, code, detail)
 }
 
 fn secs(s: u64) -> Duration {
@@ -155,7 +176,17 @@ pub struct SessionView {
     /// For a one-part file (`part_count == 1`): where to `PUT` it, answered at creation only.
     #[serde(skip_serializing_if = "Option::is_none")]
     upload_url: Option<UrlView>,
-    /// The parts stored so far (status only).
+    /// `open` (parts can be sent), `verifying` (parts joined; `/complete` goes on reading them) or `completed`
+    /// (the file is `file_key`).
+    #[schema(example = "open")]
+    state: &'static str,
+    /// While `verifying`: the bytes checked so far, of `size`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verified_bytes: Option<u64>,
+    /// Once `completed`: the file's secret key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file_key: Option<String>,
+    /// The parts stored so far (status of an `open` session only).
     #[serde(skip_serializing_if = "Option::is_none")]
     parts: Option<Vec<PartView>>,
 }
@@ -173,6 +204,13 @@ impl SessionView {
             team_id: s.team.map(|t| t.to_string()),
             expires_at: s.expires_at,
             upload_url: None,
+            state: match (&s.completed_at, &s.verification) {
+                (Some(_), _) => "completed",
+                (None, Some(_)) => "verifying",
+                (None, None) => "open",
+            },
+            verified_bytes: s.verification.as_ref().map(|v| v.verified),
+            file_key: s.completed_at.map(|_| s.file_key.to_string()),
             parts: None,
         }
     }
@@ -290,6 +328,8 @@ async fn create(
         store_state,
         created_at: now,
         expires_at: now + secs(config.expiry_secs),
+        verification: None,
+        completed_at: None,
     };
     if !state
         .meta
@@ -368,6 +408,9 @@ async fn part_urls(
     ApiJson(request): ApiJson<PartsRequest>,
 ) -> ApiResult<Response> {
     let session = owned_live(owned(&state, &user, &id).await?)?;
+    if session.verification.is_some() || session.completed_at.is_some() {
+        return Err(joined(&session));
+    }
     let max = state.config.direct.max_urls_per_request;
     if request.part_numbers.is_empty() || request.part_numbers.len() > max as usize {
         return Err(ApiError::bad_request(
@@ -404,7 +447,7 @@ async fn part_urls(
 #[utoipa::path(get, path = "/upload-sessions/{id}", tag = "direct uploads", security(("bearer" = [])),
     params(("id" = String, Path, description = "The session's id")),
     responses(
-        (status = 200, description = "The session with `parts`", body = SessionView),
+        (status = 200, description = "The session; `parts` while it is open", body = SessionView),
         (status = 404, description = "No such session available to you", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "The session expired", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -413,7 +456,14 @@ async fn status(
     AuthUser(user): AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<Json<SessionView>> {
-    let session = owned_live(owned(&state, &user, &id).await?)?;
+    let session = owned(&state, &user, &id).await?;
+    if session.completed_at.is_some() {
+        return Ok(Json(SessionView::new(&session)));
+    }
+    let session = owned_live(session)?;
+    if session.verification.is_some() {
+        return Ok(Json(SessionView::new(&session)));
+    }
     let stored = state
         .blobs
         .direct_parts(session.blob, &session.store_state)
@@ -458,16 +508,19 @@ fn part_problem(code: &'static str, detail: String) -> ApiError {
 }
 
 /// Make the uploaded parts a file: joined, verified (size; SHA-256 against the declared one), then committed
-/// (quota, audit) like `POST /files`. A mismatch deletes the bytes and ends the session.
+/// (quota, audit) like `POST /files`. A mismatch deletes the bytes and ends the session. Reading stops after
+/// `direct.complete_budget_secs` with `202` and the progress; call again (at once) until `201`. Calling again
+/// after `201` answers the same file.
 #[utoipa::path(post, path = "/upload-sessions/{id}/complete", tag = "direct uploads", security(("bearer" = [])),
     params(("id" = String, Path, description = "The session's id")),
     request_body(content = Option<CompleteRequest>, description = "Optional: the parts and their ETags"),
     responses(
-        (status = 201, description = "The file", body = FileView),
+        (status = 201, description = "The file (also for a completion repeated after it was made)", body = FileView),
+        (status = 202, description = "Verification goes on: the session in state `verifying` with `verified_bytes`; call again", body = SessionView),
         (status = 400, description = "Malformed part list", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such session available to you", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A part is missing, has the wrong size or ETag (`part_missing`, `part_size_mismatch`, `part_etag_mismatch`), or the session is busy; fix and retry", body = Problem, content_type = "application/problem+json"),
-        (status = 410, description = "The session expired", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "The session expired, or its file was made and since deleted (`upload_session_file_deleted`)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The bytes differ from the declared size or SHA-256: deleted, the session is over", body = Problem, content_type = "application/problem+json"),
         (status = 507, description = "The quota has no room left", body = Problem, content_type = "application/problem+json"),
     ))]
@@ -482,7 +535,19 @@ async fn complete(
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?
     };
-    let session = owned_live(owned(&state, &user, &id).await?)?;
+    let session = owned(&state, &user, &id).await?;
+    if session.completed_at.is_some() {
+        // A retry whose first answer was lost: the same file, or why there is none any more.
+        let file = state.meta.file_by_key(&session.file_key).await?.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::GONE,
+                "upload_session_file_deleted",
+                "this upload session made a file, which has since been deleted",
+            )
+        })?;
+        return created(&file);
+    }
+    let session = owned_live(session)?;
     let token = LeaseToken::generate();
     let now = handoff_core::now();
     let until = now + secs(state.config.direct.complete_timeout_secs);
@@ -491,7 +556,12 @@ async fn complete(
         .claim_direct_upload(&session.id, &token, until, now)
         .await?
         .ok_or_else(busy)?;
-    match finish(&state, &session, &token, request).await {
+    let config = &state.config.direct;
+    // Well inside the claim (and, on Lambda, the function's timeout, which the claim is set to): the request
+    // must live to record its progress.
+    let budget = config.complete_budget_secs.min(config.complete_timeout_secs * 2 / 3);
+    let deadline = Instant::now() + secs(budget);
+    match finish(&state, &session, &token, request, deadline).await {
         Ok(file) => {
             state
                 .audit
@@ -503,22 +573,32 @@ async fn complete(
                         .with("via", "upload_session"),
                 )
                 .await;
-            let location = HeaderValue::from_str(&format!("/files/{}", file.key)).map_err(ApiError::internal)?;
+            created(&file)
+        }
+        Err(Finish::Paused(progress)) => {
+            release(&state, &session, &token).await;
+            let mut view = SessionView::new(&DirectUpload {
+                verification: Some(progress),
+                ..session
+            });
+            view.state = "verifying";
+            let location =
+                HeaderValue::from_str(&format!("/upload-sessions/{}", view.id)).map_err(ApiError::internal)?;
             Ok((
-                StatusCode::CREATED,
+                StatusCode::ACCEPTED,
                 [
                     (header::LOCATION, location),
                     (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+                    // Nothing to wait for: the next call continues reading where this one stopped.
+                    (header::RETRY_AFTER, HeaderValue::from_static("0")),
                 ],
-                Json(FileView::from(&file)),
+                Json(view),
             )
                 .into_response())
         }
         Err(Finish::Retry(e)) => {
             // Nothing changed that the client cannot fix: the session stays usable.
-            if let Err(release) = state.meta.release_direct_upload(&session.id, &token).await {
-                tracing::warn!(error = %release, "could not release an upload session");
-            }
+            release(&state, &session, &token).await;
             Err(e)
         }
         Err(Finish::Over(e)) => {
@@ -528,9 +608,31 @@ async fn complete(
     }
 }
 
-/// How a completion failed: the client may fix and retry, or the session is over (its bytes are discarded).
+fn created(file: &FileRecord) -> ApiResult<Response> {
+    let location = HeaderValue::from_str(&format!("/files/{}", file.key)).map_err(ApiError::internal)?;
+    Ok((
+        StatusCode::CREATED,
+        [
+            (header::LOCATION, location),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        Json(FileView::from(file)),
+    )
+        .into_response())
+}
+
+async fn release(state: &AppState, s: &DirectUpload, token: &LeaseToken) {
+    if let Err(e) = state.meta.release_direct_upload(&s.id, token).await {
+        // The claim runs out by itself after `complete_timeout_secs`.
+        tracing::warn!(error = %e, "could not release an upload session");
+    }
+}
+
+/// How a completion ended without a file: the client may fix and retry, call again to go on verifying, or the
+/// session is over (its bytes are discarded).
 enum Finish {
     Retry(ApiError),
+    Paused(Verification),
     Over(ApiError),
 }
 
@@ -550,14 +652,33 @@ fn mismatch(code: &'static str, detail: String) -> Finish {
     Finish::Over(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail))
 }
 
+fn size_mismatch(held: u64, declared: u64) -> Finish {
+    mismatch(
+        "size_mismatch",
+        format!("the parts hold {held} bytes, not the {declared} declared"),
+    )
+}
+
 /// The parts to join: the client's list, checked against the plan and what the store holds (sizes), or what
-/// the store holds.
+/// the store holds. `None`: there are no parts because they are joined already (by a request cut off before
+/// it could record that).
 async fn parts_to_join(
     state: &AppState,
     s: &DirectUpload,
     request: CompleteRequest,
-) -> Result<Vec<(u32, String)>, Finish> {
-    let stored = state.blobs.direct_parts(s.blob, &s.store_state).await?;
+) -> Result<Option<Vec<(u32, String)>>, Finish> {
+    let stored = match state.blobs.direct_parts(s.blob, &s.store_state).await {
+        // S3 forgets a completed multipart upload; the local store lists no parts.
+        Err(StoreError::NotFound) => Vec::new(),
+        other => other?,
+    };
+    if stored.is_empty() {
+        match state.blobs.open(s.blob, None).await {
+            Ok(_) => return Ok(None),
+            Err(StoreError::NotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let mut joined = Vec::with_capacity(s.part_count as usize);
     if let Some(listed) = &request.parts
         && listed.len() != s.part_count as usize
@@ -604,50 +725,119 @@ async fn parts_to_join(
         }
         joined.push((number, etag.or_else(|| held.etag.clone()).unwrap_or_default()));
     }
-    Ok(joined)
+    Ok(Some(joined))
 }
 
-/// Joins, verifies and commits; the session row goes once the file exists.
+/// What one completion request reads at least before its budget may stop it: every step moves forward by a
+/// useful amount, whatever size of chunks the store streams.
+const MIN_STEP: u64 = 1 << 20;
+
+/// Joins the parts (once), then reads the joined blob for SHA-256 from where the last request stopped, until the
+/// end or the deadline; returns the digest once every byte is read.
+async fn verify(
+    state: &AppState,
+    s: &DirectUpload,
+    token: &LeaseToken,
+    request: CompleteRequest,
+    deadline: Instant,
+) -> Result<String, Finish> {
+    let (mut hasher, mut verified) = match &s.verification {
+        Some(progress) => {
+            let hasher = resume_sha256(&progress.hash_state, progress.verified)?;
+            (hasher, progress.verified)
+        }
+        None => {
+            if let Some(parts) = parts_to_join(state, s, request).await? {
+                state
+                    .blobs
+                    .complete_direct(s.blob, &s.store_state, &parts)
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::Conflict => Finish::Retry(part_problem(
+                            "part_etag_mismatch",
+                            "the store refused the parts: an ETag does not match, or a part changed".into(),
+                        )),
+                        other => other.into(),
+                    })?;
+            }
+            let hasher = Sha256::new();
+            // From here the parts are gone: what the next request resumes, and what the status shows.
+            let joined = Verification {
+                verified: 0,
+                hash_state: sha256_state(&hasher),
+            };
+            if !state.meta.record_direct_verification(&s.id, token, &joined).await? {
+                return Err(Finish::Retry(busy()));
+            }
+            (hasher, 0)
+        }
+    };
+    if verified > s.size {
+        return Err(Finish::Retry(
+            StoreError::Corrupt("verified past the declared size".into()).into(),
+        ));
+    }
+    if verified < s.size || s.size == 0 {
+        let range = (verified > 0).then_some(verified..s.size);
+        let reader = state.blobs.open(s.blob, range).await?;
+        if verified == 0 && reader.len != s.size {
+            return Err(size_mismatch(reader.len, s.size));
+        }
+        let mut stream = reader.stream;
+        let started = verified;
+        let (mut paused, mut failure) = (false, None);
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    verified += chunk.len() as u64;
+                    hasher.update(&chunk);
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            if verified > s.size {
+                return Err(size_mismatch(verified, s.size));
+            }
+            if verified < s.size && verified - started >= MIN_STEP && Instant::now() >= deadline {
+                paused = true;
+                break;
+            }
+        }
+        if verified < s.size {
+            // Out of time, or the store failed mid-way: keep what was read for the next request.
+            let progress = Verification {
+                verified,
+                hash_state: sha256_state(&hasher),
+            };
+            if !state.meta.record_direct_verification(&s.id, token, &progress).await? {
+                return Err(Finish::Retry(busy()));
+            }
+            return Err(match failure {
+                Some(e) => Finish::Retry(StoreError::Unavailable(e.to_string()).into()),
+                None if paused => Finish::Paused(progress),
+                None => Finish::Retry(StoreError::Unavailable("the blob ended early".into()).into()),
+            });
+        }
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Joins, verifies and commits; the session is marked completed once the file exists.
 async fn finish(
     state: &AppState,
     s: &DirectUpload,
     token: &LeaseToken,
     request: CompleteRequest,
-) -> Result<handoff_core::FileRecord, Finish> {
-    // A completion that crashed after the commit left the file: this one only has to tidy up.
+    deadline: Instant,
+) -> Result<FileRecord, Finish> {
+    // A completion that crashed after the commit left the file: this one only has to record that.
     if let Some(file) = state.meta.file_by_key(&s.file_key).await? {
-        state.meta.delete_direct_upload(&s.id, token).await?;
+        mark_completed(state, s, token).await;
         return Ok(file);
     }
-    let parts = parts_to_join(state, s, request).await?;
-    state
-        .blobs
-        .complete_direct(s.blob, &s.store_state, &parts)
-        .await
-        .map_err(|e| match e {
-            StoreError::Conflict => Finish::Retry(part_problem(
-                "part_etag_mismatch",
-                "the store refused the parts: an ETag does not match, or a part changed".into(),
-            )),
-            other => other.into(),
-        })?;
-    // Read the joined object once: its real size and SHA-256 are what the file record states.
-    let reader = state.blobs.open(s.blob, None).await?;
-    let mut stream = reader.stream;
-    let mut hasher = Sha256::new();
-    let mut size: u64 = 0;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| Finish::Retry(StoreError::Unavailable(e.to_string()).into()))?;
-        size += chunk.len() as u64;
-        hasher.update(&chunk);
-    }
-    let sha256 = hex::encode(hasher.finalize());
-    if size != s.size {
-        return Err(mismatch(
-            "size_mismatch",
-            format!("the parts hold {size} bytes, not the {} declared", s.size),
-        ));
-    }
+    let sha256 = verify(state, s, token, request, deadline).await?;
     if s.sha256.as_ref().is_some_and(|declared| *declared != sha256) {
         return Err(mismatch(
             "checksum_mismatch",
@@ -666,7 +856,7 @@ async fn finish(
     let finished = FinishedBlob {
         key: Some(s.file_key.clone()),
         blob: s.blob,
-        size,
+        size: s.size,
         sha256,
         name: s.name.clone(),
         content_type: s.content_type.clone(),
@@ -678,11 +868,19 @@ async fn finish(
         Err(e) if e.code() == "quota_exceeded" => return Err(Finish::Over(e)),
         Err(e) => return Err(Finish::Retry(e)),
     };
-    if let Err(e) = state.meta.delete_direct_upload(&s.id, token).await {
-        // The file exists; the row only blocks nothing until the reclaim removes it (it sees the file).
-        tracing::warn!(error = %e, "could not delete a completed upload session");
-    }
+    mark_completed(state, s, token).await;
     Ok(file)
+}
+
+async fn mark_completed(state: &AppState, s: &DirectUpload, token: &LeaseToken) {
+    if let Err(e) = state
+        .meta
+        .mark_direct_upload_completed(&s.id, token, handoff_core::now())
+        .await
+    {
+        // The file exists; once the claim runs out a retried completion (or the reclaim) sees it and tidies up.
+        tracing::warn!(error = %e, "could not mark an upload session completed");
+    }
 }
 
 /// Discards the store's parts. Best effort: after a completion joined them there is nothing left to abort (S3
@@ -718,7 +916,7 @@ async fn discard(state: &AppState, s: &DirectUpload, token: &LeaseToken) {
     responses(
         (status = 204, description = "Aborted"),
         (status = 404, description = "No such session available to you", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The session is being completed", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The session is being completed, or is complete (`upload_session_completed`: delete the file instead)", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn abort(
     State(state): State<AppState>,
@@ -726,6 +924,9 @@ async fn abort(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let session = owned(&state, &user, &id).await?;
+    if session.completed_at.is_some() {
+        return Err(joined(&session));
+    }
     let token = LeaseToken::generate();
     let now = handoff_core::now();
     let until = now + secs(state.config.direct.complete_timeout_secs);

@@ -93,6 +93,7 @@ fn wrong_length(want: u64) -> ApiError {
         (status = 400, description = "Not exactly the part's size", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Expired or tampered URL", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "The session no longer exists", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The parts are joined already (completion started)", body = Problem, content_type = "application/problem+json"),
         (status = 410, description = "The session expired", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn put_part(
@@ -110,6 +111,9 @@ async fn put_part(
     let session = state.meta.direct_upload(&id).await?.ok_or_else(session_gone)?;
     if session.is_expired(handoff_core::now()) {
         return Err(super::expired());
+    }
+    if session.verification.is_some() || session.completed_at.is_some() {
+        return Err(super::joined(&session));
     }
     let want = session.part_len(number).ok_or_else(session_gone)?;
     let declared = headers

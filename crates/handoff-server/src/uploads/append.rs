@@ -127,21 +127,25 @@ fn interrupted(cause: impl std::fmt::Display) -> ApiError {
 }
 
 fn restore_hasher(session: &UploadSession) -> ApiResult<Sha256> {
-    if session.hash_state.is_empty() {
-        if session.offset == 0 {
-            return Ok(Sha256::new());
-        }
-        return Err(StoreError::Corrupt("upload without hash state".into()).into());
-    }
-    let serialized = session
-        .hash_state
-        .as_slice()
-        .try_into()
-        .map_err(|_| StoreError::Corrupt("upload hash state has the wrong size".into()))?;
-    Sha256::deserialize(serialized).map_err(|_| StoreError::Corrupt("upload hash state is invalid".into()).into())
+    Ok(resume_sha256(&session.hash_state, session.offset)?)
 }
 
-fn hash_state(hasher: &Sha256) -> Vec<u8> {
+/// A SHA-256 hasher as [`sha256_state`] saved it after `offset` bytes (an empty state only at offset 0), for
+/// hashing that spans requests: tus appends, direct-upload verification.
+pub(crate) fn resume_sha256(state: &[u8], offset: u64) -> Result<Sha256, StoreError> {
+    if state.is_empty() {
+        if offset == 0 {
+            return Ok(Sha256::new());
+        }
+        return Err(StoreError::Corrupt("upload without hash state".into()));
+    }
+    let serialized = state
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("upload hash state has the wrong size".into()))?;
+    Sha256::deserialize(serialized).map_err(|_| StoreError::Corrupt("upload hash state is invalid".into()))
+}
+
+pub(crate) fn sha256_state(hasher: &Sha256) -> Vec<u8> {
     hasher.serialize().to_vec()
 }
 
@@ -344,7 +348,7 @@ async fn record(
         offset,
         length: session.length,
         store_state,
-        hash_state: hash_state(hasher),
+        hash_state: sha256_state(hasher),
         expires_at: handoff_core::now() + Duration::from_secs(state.config.tus.expiry_secs),
     };
     if !state

@@ -179,13 +179,10 @@ async fn a_single_put_becomes_a_file_on_every_backend() {
         assert_eq!(created["name"], "photo.jpg");
         assert_eq!(created["content_type"], "image/jpeg");
         let key = created["key"].as_str().unwrap().to_owned();
-        assert_problem(
-            app.session_status(&alice.token, &id).await,
-            StatusCode::NOT_FOUND,
-            "upload_session_not_found",
-        )
-        .await;
-        // The URL dies with the session: the file's bytes can never be replaced through it.
+        let status: Value = app.session_status(&alice.token, &id).await.json().await.unwrap();
+        assert_eq!(status["state"], "completed", "{status}");
+        assert_eq!(status["file_key"], key.as_str());
+        // The URL dies with the completion: the file's bytes can never be replaced through it.
         let (status, _) = app.put_bytes(&url, random_bytes(300_000, 22)).await;
         assert!(status.is_client_error(), "{backend:?}: {status}");
 
@@ -716,4 +713,163 @@ async fn server_signed_urls_verify_across_key_rotation_and_with_a_public_url() {
         "invalid_signature",
     )
     .await;
+}
+
+#[tokio::test]
+async fn completion_goes_in_steps_that_survive_a_restart_and_answers_again_on_every_backend() {
+    for backend in every_deployment() {
+        let size = 5 * MIB + MIB + MIB / 2 + 77;
+        let app = TestApp::spawn_on(backend, |c| {
+            five_mib_parts(c);
+            // The least work per request (about 1 MiB), as a file far beyond the budget would see.
+            c.direct.complete_budget_secs = 0;
+            c.direct.max_open_per_user = 1;
+            // The file and one more small upload fit; a reservation counted twice would not.
+            c.quotas.user_bytes = Some(size as u64 + MIB as u64);
+        })
+        .await;
+        let alice = app.user("alice").await;
+        let bytes = random_bytes(size, 41);
+        let sha256 = sha256_hex(&bytes);
+        let session = app
+            .session_ok(
+                &alice.token,
+                json!({"name": "steps.bin", "size": size, "sha256": sha256}),
+            )
+            .await;
+        let id = session["id"].as_str().unwrap().to_owned();
+        assert_eq!(session["state"], "open");
+        for (n, chunk) in bytes.chunks(5 * MIB).enumerate() {
+            let url = app.part_url(&alice.token, &id, n as u32 + 1).await;
+            assert_eq!(
+                app.put_bytes(&url, chunk.to_vec()).await.0,
+                StatusCode::OK,
+                "{backend:?}"
+            );
+        }
+        let early_url = app.part_url(&alice.token, &id, 2).await;
+
+        // The first step joins the parts and reads some of them: 202 with the progress, no file yet.
+        let response = app.complete(&alice.token, &id, None).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED, "{backend:?}");
+        assert_eq!(response.headers()["retry-after"], "0");
+        let step: Value = response.json().await.unwrap();
+        assert_eq!(step["state"], "verifying", "{step}");
+        let mut verified = step["verified_bytes"].as_u64().unwrap();
+        assert!(verified >= MIB as u64 && verified < size as u64, "{step}");
+        let status: Value = app.session_status(&alice.token, &id).await.json().await.unwrap();
+        assert_eq!(status["state"], "verifying");
+        assert_eq!(status["verified_bytes"], verified);
+        assert!(status.get("parts").is_none(), "{status}");
+        assert_eq!(app.file_count(&alice.token).await, 0);
+        // The parts are joined: they can no longer change, through the API or a URL minted before.
+        assert_problem(
+            app.part_urls(&alice.token, &id, &[1]).await,
+            StatusCode::CONFLICT,
+            "upload_session_completing",
+        )
+        .await;
+        if backend == Backend::Embedded {
+            let response = reqwest::Client::new()
+                .put(&early_url)
+                .body(vec![0u8; 5 * MIB])
+                .send()
+                .await
+                .unwrap();
+            assert_problem(response, StatusCode::CONFLICT, "upload_session_completing").await;
+        }
+
+        // The progress is in the metadata store: a new server (or another node) goes on from there.
+        let app = app.restart().await;
+        let mut steps = 1;
+        let file = loop {
+            let response = app.complete(&alice.token, &id, None).await;
+            steps += 1;
+            assert!(steps < 100, "completion does not move forward");
+            if response.status() == StatusCode::CREATED {
+                break response.json::<Value>().await.unwrap();
+            }
+            assert_eq!(response.status(), StatusCode::ACCEPTED, "{backend:?}");
+            let step: Value = response.json().await.unwrap();
+            let now = step["verified_bytes"].as_u64().unwrap();
+            assert!(now > verified, "{verified} then {step}");
+            verified = now;
+        };
+        assert!(steps >= 3, "{backend:?}: {steps} steps");
+        assert_eq!(file["sha256"], sha256, "{backend:?}");
+        assert_eq!(file["size"], size);
+        let key = file["key"].as_str().unwrap().to_owned();
+        let content = app.content(&alice.token, &key).await;
+        assert_eq!(sha256_hex(&content.bytes().await.unwrap()), sha256);
+
+        // Asked again (the answer was lost): the same file, not a missing session, and still one file.
+        let again = app.complete(&alice.token, &id, None).await;
+        assert_eq!(again.status(), StatusCode::CREATED, "{backend:?}");
+        assert_eq!(again.json::<Value>().await.unwrap()["key"], key.as_str());
+        assert_eq!(app.file_count(&alice.token).await, 1);
+        let status: Value = app.session_status(&alice.token, &id).await.json().await.unwrap();
+        assert_eq!(status["state"], "completed", "{status}");
+        assert_eq!(status["file_key"], key.as_str());
+        assert_problem(
+            app.delete_as(&alice.token, &format!("/upload-sessions/{id}")).await,
+            StatusCode::CONFLICT,
+            "upload_session_completed",
+        )
+        .await;
+        // A completed session is no longer open: it neither reserves quota nor counts against the one session
+        // alice may have open.
+        let small = app.upload(&alice.token, "small.bin", random_bytes(MIB / 2, 1)).await;
+        assert_eq!(
+            small.status(),
+            StatusCode::CREATED,
+            "{backend:?}: a reservation outlived its session"
+        );
+        let next = app
+            .session_ok(&alice.token, json!({"name": "next.bin", "size": 10}))
+            .await;
+        app.delete_as(
+            &alice.token,
+            &format!("/upload-sessions/{}", next["id"].as_str().unwrap()),
+        )
+        .await;
+
+        // Once the file is deleted, asking again says so.
+        assert_eq!(app.delete(&alice.token, &key).await.status(), StatusCode::NO_CONTENT);
+        assert_problem(
+            app.complete(&alice.token, &id, None).await,
+            StatusCode::GONE,
+            "upload_session_file_deleted",
+        )
+        .await;
+
+        // A mismatch found in a later step still deletes everything and ends the session.
+        let wrong = app
+            .session_ok(
+                &alice.token,
+                json!({"name": "wrong.bin", "size": 3 * MIB, "sha256": sha256_hex(b"other bytes")}),
+            )
+            .await;
+        let wrong_id = wrong["id"].as_str().unwrap();
+        let url = app.absolute(wrong["upload_url"]["url"].as_str().unwrap());
+        assert_eq!(app.put_bytes(&url, random_bytes(3 * MIB, 9)).await.0, StatusCode::OK);
+        let blobs_before = app.blob_count().await;
+        let response = loop {
+            let response = app.complete(&alice.token, wrong_id, None).await;
+            if response.status() != StatusCode::ACCEPTED {
+                break response;
+            }
+        };
+        assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY, "checksum_mismatch").await;
+        assert_eq!(
+            app.blob_count().await,
+            blobs_before,
+            "{backend:?}: the joined bytes stayed"
+        );
+        assert_problem(
+            app.session_status(&alice.token, wrong_id).await,
+            StatusCode::NOT_FOUND,
+            "upload_session_not_found",
+        )
+        .await;
+    }
 }
