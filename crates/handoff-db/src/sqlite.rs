@@ -53,8 +53,11 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        // No ping before each use (sqlx's default): a connection to a local file cannot go stale, and the ping is
+        // a round trip to the connection's worker thread, as costly as the query it guards.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options.clone())
             .await
@@ -62,6 +65,7 @@ impl SqliteStore {
         migrator().run(&writer).await.map_err(ConnectError::Migrate)?;
         let reader = SqlitePoolOptions::new()
             .max_connections(8)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.read_only(true))
             .await
