@@ -974,6 +974,7 @@ macro_rules! collaboration_store {
                             .map_err(store_error)?;
                     }
                     tx.commit().await.map_err(store_error)?;
+                    self.user_changed(user);
                     row.map(|row| user_from_row(&row)).transpose()
                 }
             }

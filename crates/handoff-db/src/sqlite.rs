@@ -26,6 +26,8 @@ mod group;
 mod identity;
 #[path = "sqlite_uploads.rs"]
 mod uploads;
+#[path = "sqlite_users.rs"]
+mod users;
 
 fn migrator() -> Migrator {
     crate::migrator!("sqlite")
@@ -37,6 +39,8 @@ pub struct SqliteStore {
     reader: SqlitePool,
     /// Concurrent `commit_files` calls share one transaction (see `sqlite_group.rs`).
     group: std::sync::Arc<group::GroupCommit>,
+    /// `user_by_id`, the lookup behind every authenticated request, from memory (see `sqlite_users.rs`).
+    users: std::sync::Arc<users::UserCache>,
 }
 
 const FILE_COLUMNS: &str = "key, blob_id, owner_id, name, size, sha256, content_type, visibility, created_at, \
@@ -74,7 +78,13 @@ impl SqliteStore {
             writer,
             reader,
             group: std::sync::Arc::default(),
+            users: std::sync::Arc::default(),
         })
+    }
+
+    /// After a change to `user`'s row has committed (see `sqlite_users.rs`).
+    fn user_changed(&self, user: UserId) {
+        self.users.forget(user);
     }
 
     fn read(&self) -> &SqlitePool {
@@ -212,13 +222,21 @@ impl MetadataStore for SqliteStore {
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<User>> {
         // Once per authenticated request: the statement text is built once, not per call.
         static SQL: LazyLock<String> = LazyLock::new(|| format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?"));
-        sqlx::query(SQL.as_str())
+        let generation = match self.users.get(id) {
+            users::Cached::Hit(user) => return Ok(Some(user)),
+            users::Cached::Miss(generation) => generation,
+        };
+        let user = sqlx::query(SQL.as_str())
             .bind(id.0.to_string())
             .fetch_optional(&self.reader)
             .await
             .map_err(store_error)?
             .map(|row| user_from_row(&row))
-            .transpose()
+            .transpose()?;
+        if let Some(user) = &user {
+            self.users.put(user, generation);
+        }
+        Ok(user)
     }
 
     async fn users_page(&self, after: Option<UserId>, limit: u32) -> StoreResult<Vec<User>> {

@@ -126,6 +126,7 @@ impl IdentityStore for SqliteStore {
             .execute(&self.writer)
             .await
             .map_err(store_error)?;
+        self.users.forget(user);
         Ok(())
     }
 
