@@ -455,7 +455,9 @@ macro_rules! collaboration_store {
                         .await
                         .map_err(store_error)?;
                     }
-                    tx.commit().await.map_err(store_error)?;
+                    let committed = tx.commit().await;
+                    self.files_changed();
+                    committed.map_err(store_error)?;
                     Ok(files)
                 }
 
@@ -517,7 +519,9 @@ macro_rules! collaboration_store {
                         .execute(&mut *tx)
                         .await
                         .map_err(store_error)?;
-                    tx.commit().await.map_err(store_error)?;
+                    let committed = tx.commit().await;
+                    self.files_changed();
+                    committed.map_err(store_error)?;
                     Ok(files)
                 }
 

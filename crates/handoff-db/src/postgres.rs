@@ -56,8 +56,11 @@ const FILE_COLUMNS: &str = "key, blob_id::text AS blob_id, owner_id::text AS own
 const USER_COLUMNS: &str = "id::text AS id, username, email, password_hash, is_admin, disabled, created_at";
 
 impl PostgresStore {
-    /// Accounts are read from the database on every request (several nodes may change them): nothing to forget.
+    /// Accounts and files are read from the database every time (several nodes may change them): nothing to
+    /// forget.
     fn user_changed(&self, _user: UserId) {}
+
+    fn files_changed(&self) {}
 
     /// Connects to the database at `url` (`postgres://` or `postgresql://`) and applies migrations. The database
     /// itself must exist. Fails with `Open(PoolTimedOut)` after about five seconds if the server does not answer.

@@ -21,13 +21,13 @@ use uuid::Uuid;
 
 use crate::{ConnectError, from_micros, micros, store_error};
 
+#[path = "sqlite_cache.rs"]
+mod cache;
 #[path = "sqlite_group.rs"]
 mod group;
 mod identity;
 #[path = "sqlite_uploads.rs"]
 mod uploads;
-#[path = "sqlite_users.rs"]
-mod users;
 
 fn migrator() -> Migrator {
     crate::migrator!("sqlite")
@@ -39,8 +39,9 @@ pub struct SqliteStore {
     reader: SqlitePool,
     /// Concurrent `commit_files` calls share one transaction (see `sqlite_group.rs`).
     group: std::sync::Arc<group::GroupCommit>,
-    /// `user_by_id`, the lookup behind every authenticated request, from memory (see `sqlite_users.rs`).
-    users: std::sync::Arc<users::UserCache>,
+    /// `user_by_id` and `file_by_key`, the lookups behind every download, from memory (see `sqlite_cache.rs`).
+    users: std::sync::Arc<cache::RowCache<UserId, User>>,
+    files: std::sync::Arc<cache::RowCache<FileKey, FileRecord>>,
 }
 
 const FILE_COLUMNS: &str = "key, blob_id, owner_id, name, size, sha256, content_type, visibility, created_at, \
@@ -78,13 +79,19 @@ impl SqliteStore {
             writer,
             reader,
             group: std::sync::Arc::default(),
-            users: std::sync::Arc::default(),
+            users: std::sync::Arc::new(cache::RowCache::new(10_000)),
+            files: std::sync::Arc::new(cache::RowCache::new(10_000)),
         })
     }
 
-    /// After a change to `user`'s row has committed (see `sqlite_users.rs`).
+    /// After a change to `user`'s row has committed (see `sqlite_cache.rs`).
     fn user_changed(&self, user: UserId) {
-        self.users.forget(user);
+        self.users.forget(&user);
+    }
+
+    /// After a change to any number of file rows has committed (see `sqlite_cache.rs`).
+    fn files_changed(&self) {
+        self.files.forget_all();
     }
 
     fn read(&self) -> &SqlitePool {
@@ -222,9 +229,9 @@ impl MetadataStore for SqliteStore {
     async fn user_by_id(&self, id: UserId) -> StoreResult<Option<User>> {
         // Once per authenticated request: the statement text is built once, not per call.
         static SQL: LazyLock<String> = LazyLock::new(|| format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?"));
-        let generation = match self.users.get(id) {
-            users::Cached::Hit(user) => return Ok(Some(user)),
-            users::Cached::Miss(generation) => generation,
+        let generation = match self.users.get(&id) {
+            cache::Cached::Hit(user) => return Ok(Some(user)),
+            cache::Cached::Miss(generation) => generation,
         };
         let user = sqlx::query(SQL.as_str())
             .bind(id.0.to_string())
@@ -234,7 +241,7 @@ impl MetadataStore for SqliteStore {
             .map(|row| user_from_row(&row))
             .transpose()?;
         if let Some(user) = &user {
-            self.users.put(user, generation);
+            self.users.put(id, user, generation);
         }
         Ok(user)
     }
@@ -403,13 +410,21 @@ impl MetadataStore for SqliteStore {
 
     async fn file_by_key(&self, key: &FileKey) -> StoreResult<Option<FileRecord>> {
         static SQL: LazyLock<String> = LazyLock::new(|| format!("SELECT {FILE_COLUMNS} FROM files WHERE key = ?"));
-        sqlx::query(SQL.as_str())
+        let generation = match self.files.get(key) {
+            cache::Cached::Hit(file) => return Ok(Some(file)),
+            cache::Cached::Miss(generation) => generation,
+        };
+        let file = sqlx::query(SQL.as_str())
             .bind(key.as_str())
             .fetch_optional(&self.reader)
             .await
             .map_err(store_error)?
             .map(|row| file_from_row(&row))
-            .transpose()
+            .transpose()?;
+        if let Some(file) = &file {
+            self.files.put(key.clone(), file, generation);
+        }
+        Ok(file)
     }
 
     async fn files_page(&self, after: Option<&FileKey>, limit: u32) -> StoreResult<Vec<FileRecord>> {
@@ -464,16 +479,15 @@ impl MetadataStore for SqliteStore {
             "UPDATE files SET name = COALESCE(?, name), visibility = COALESCE(?, visibility), updated_at = ?
              WHERE key = ? RETURNING {FILE_COLUMNS}"
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(patch.name.as_ref().map(FileName::as_str))
             .bind(patch.visibility.map(Visibility::as_str))
             .bind(micros(now))
             .bind(key.as_str())
             .fetch_optional(&self.writer)
-            .await
-            .map_err(store_error)?
-            .map(|row| file_from_row(&row))
-            .transpose()
+            .await;
+        self.files.forget(key);
+        row.map_err(store_error)?.map(|row| file_from_row(&row)).transpose()
     }
 
     async fn delete_file(&self, key: &FileKey) -> StoreResult<Option<FileRecord>> {
@@ -499,7 +513,9 @@ impl MetadataStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(store_error)?;
-        tx.commit().await.map_err(store_error)?;
+        let committed = tx.commit().await;
+        self.files.forget(key);
+        committed.map_err(store_error)?;
         Ok(Some(file))
     }
 

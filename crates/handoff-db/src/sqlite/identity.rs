@@ -126,7 +126,7 @@ impl IdentityStore for SqliteStore {
             .execute(&self.writer)
             .await
             .map_err(store_error)?;
-        self.users.forget(user);
+        self.user_changed(user);
         Ok(())
     }
 

@@ -553,6 +553,22 @@ async fn deleting_a_team_deletes_its_files() {
         let a = team_upload(&app, &t.member, id, "a.txt", b"a".to_vec()).await;
         let b = team_upload(&app, &t.admin, id, "b.txt", random_bytes(2000, 32)).await;
         let share = app.share_ok(&t.owner.token, json!({ "files": [key(&a)] })).await;
+        // A team file anyone holding its key may download: an outsider fetches it just before the team goes.
+        let keyed = app
+            .upload_with(
+                &t.member.token,
+                "c.txt",
+                &[("team", id), ("visibility", "key")],
+                b"c".to_vec(),
+            )
+            .await;
+        assert_eq!(keyed.status(), StatusCode::CREATED);
+        let keyed: Value = keyed.json().await.unwrap();
+        let outsider = app.user("outsider").await;
+        assert_eq!(
+            app.content(&outsider.token, &key(&keyed)).await.status(),
+            StatusCode::OK
+        );
         let blobs = app.blob_count().await;
 
         for user in [&t.admin, &t.member, &t.viewer] {
@@ -570,8 +586,14 @@ async fn deleting_a_team_deletes_its_files() {
             StatusCode::NO_CONTENT,
             "{backend:?}"
         );
+        assert_problem(
+            app.content(&outsider.token, &key(&keyed)).await,
+            StatusCode::NOT_FOUND,
+            "file_not_found",
+        )
+        .await;
         for user in [&t.owner, &t.admin, &t.member, &t.viewer] {
-            for file in [&a, &b] {
+            for file in [&a, &b, &keyed] {
                 assert_problem(
                     app.content(&user.token, &key(file)).await,
                     StatusCode::NOT_FOUND,
@@ -589,7 +611,7 @@ async fn deleting_a_team_deletes_its_files() {
         }
         assert_eq!(
             app.blob_count().await,
-            blobs - 2,
+            blobs - 3,
             "{backend:?}: the team's bytes are gone"
         );
         let link = share["token"].as_str().unwrap();
