@@ -8,7 +8,7 @@
 //! through GSI5 (`DIRECTEXP`, sorted by expiry).
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::ReturnValue;
+use aws_sdk_dynamodb::types::{ReturnValue, TransactWriteItem};
 use handoff_core::{
     Account, BlobId, DirectUpload, DirectUploadStore, FileKey, FileName, LeaseToken, StoreError, StoreResult, TeamId,
     UploadId, UserId, Verification, Visibility,
@@ -99,6 +99,39 @@ fn direct_key(id: &str) -> Option<Item> {
 }
 
 impl DynamoStore {
+    /// Writes `change` to the session's item (conditioned on the caller's claim) in one transaction with what ends
+    /// the session's holds: its blob marker and its places in the owner's cap and the reservation rosters. `false`
+    /// when the session is gone or the claim is not the caller's.
+    async fn end_holds(
+        &self,
+        id: &UploadId,
+        change: impl Fn() -> StoreResult<TransactWriteItem>,
+        doing: &str,
+    ) -> StoreResult<bool> {
+        for attempt in 0..ATTEMPTS {
+            let Some(item) = self.get(direct_pk(id), SK).await? else {
+                return Ok(false);
+            };
+            let session = direct_from(&item)?;
+            let tx = self
+                .transact(vec![
+                    change()?,
+                    delete(&self.table, blob_pk(session.blob), SK, None)?,
+                    roster_remove(&self.table, user_pk(session.owner), ROSTER, id.as_str())?,
+                    roster_remove(&self.table, account_pk(session.account()), RESERVED, id.as_str())?,
+                ])
+                .await?;
+            if tx.done() {
+                return Ok(true);
+            }
+            if tx.failed(0) {
+                return Ok(false);
+            }
+            backoff(attempt).await;
+        }
+        Err(contended(doing))
+    }
+
     /// The sessions a roster lists that still exist.
     async fn direct_sessions(&self, pk: String, sk: &str) -> StoreResult<Vec<DirectUpload>> {
         let roster = self.roster(pk, sk).await?;
@@ -220,66 +253,30 @@ impl DirectUploadStore for DynamoStore {
         token: &LeaseToken,
         now: OffsetDateTime,
     ) -> StoreResult<bool> {
-        for attempt in 0..ATTEMPTS {
-            let Some(item) = self.get(direct_pk(id), SK).await? else {
-                return Ok(false);
-            };
-            let session = direct_from(&item)?;
-            // The file protects the blob from here on; the rosters stop counting the session.
-            let tx = self
-                .transact(vec![
-                    update(
-                        &self.table,
-                        direct_pk(id),
-                        SK,
-                        "SET completed_at = :now REMOVE hash_state, verified_bytes, claim_token, claim_until",
-                        Some("claim_token = :token"),
-                        values([(":now", time(now)), (":token", s(token.as_str()))]),
-                    )?,
-                    delete(&self.table, blob_pk(session.blob), SK, None)?,
-                    roster_remove(&self.table, user_pk(session.owner), ROSTER, id.as_str())?,
-                    roster_remove(&self.table, account_pk(session.account()), RESERVED, id.as_str())?,
-                ])
-                .await?;
-            if tx.done() {
-                return Ok(true);
-            }
-            if tx.failed(0) {
-                return Ok(false);
-            }
-            backoff(attempt).await;
-        }
-        Err(contended("completing a direct upload session"))
+        // The file protects the blob from here on; the item stays, marked, until it expires.
+        let mark = || {
+            update(
+                &self.table,
+                direct_pk(id),
+                SK,
+                "SET completed_at = :now REMOVE hash_state, verified_bytes, claim_token, claim_until",
+                Some("claim_token = :token"),
+                values([(":now", time(now)), (":token", s(token.as_str()))]),
+            )
+        };
+        self.end_holds(id, mark, "completing a direct upload session").await
     }
 
     async fn delete_direct_upload(&self, id: &UploadId, token: &LeaseToken) -> StoreResult<bool> {
-        for attempt in 0..ATTEMPTS {
-            let Some(item) = self.get(direct_pk(id), SK).await? else {
-                return Ok(false);
-            };
-            let session = direct_from(&item)?;
-            let tx = self
-                .transact(vec![
-                    delete(
-                        &self.table,
-                        direct_pk(id),
-                        SK,
-                        Some(("claim_token = :token", values([(":token", s(token.as_str()))]))),
-                    )?,
-                    delete(&self.table, blob_pk(session.blob), SK, None)?,
-                    roster_remove(&self.table, user_pk(session.owner), ROSTER, id.as_str())?,
-                    roster_remove(&self.table, account_pk(session.account()), RESERVED, id.as_str())?,
-                ])
-                .await?;
-            if tx.done() {
-                return Ok(true);
-            }
-            if tx.failed(0) {
-                return Ok(false);
-            }
-            backoff(attempt).await;
-        }
-        Err(contended("removing a direct upload session"))
+        let remove = || {
+            delete(
+                &self.table,
+                direct_pk(id),
+                SK,
+                Some(("claim_token = :token", values([(":token", s(token.as_str()))]))),
+            )
+        };
+        self.end_holds(id, remove, "removing a direct upload session").await
     }
 
     async fn expired_direct_uploads(&self, now: OffsetDateTime, limit: u32) -> StoreResult<Vec<DirectUpload>> {
