@@ -97,6 +97,7 @@ impl BlobStore for LocalStore {
             file: None,
             in_flight: None,
             buffer: BytesMut::new(),
+            spare: None,
             committed: false,
         }))
     }
@@ -202,9 +203,12 @@ struct LocalWriter {
     /// reaches the disk: a small file is opened, written, synced and renamed in one blocking call at commit.
     file: Option<File>,
     /// The previous buffer's write, running on the blocking pool while the next buffer fills (and is hashed by
-    /// the caller): disk and CPU work overlap instead of taking turns.
-    in_flight: Option<JoinHandle<io::Result<File>>>,
+    /// the caller): disk and CPU work overlap instead of taking turns. It hands the buffer back when done.
+    in_flight: Option<JoinHandle<io::Result<(File, Bytes)>>>,
     buffer: BytesMut,
+    /// The buffer of the last finished write, to fill again: a fresh 1 MiB allocation per write would be new
+    /// pages for the kernel to fault in and zero each time (about 8 % of a big upload's CPU in `perf`).
+    spare: Option<Bytes>,
     committed: bool,
 }
 
@@ -212,8 +216,23 @@ impl LocalWriter {
     /// Waits for the write in flight, if any, and takes the file back (`None` if nothing was written yet).
     async fn settle(&mut self) -> StoreResult<Option<File>> {
         match self.in_flight.take() {
-            Some(write) => Ok(Some(write.await.map_err(StoreError::other)?.map_err(StoreError::from)?)),
+            Some(write) => {
+                let (file, written) = write.await.map_err(StoreError::other)?.map_err(StoreError::from)?;
+                self.spare = Some(written);
+                Ok(Some(file))
+            }
             None => Ok(self.file.take()),
+        }
+    }
+
+    /// An empty buffer of `WRITE_BUFFER` bytes, reusing the last written one when nothing else holds it.
+    fn next_buffer(&mut self) -> BytesMut {
+        match self.spare.take().map(Bytes::try_into_mut) {
+            Some(Ok(mut reused)) => {
+                reused.clear();
+                reused
+            }
+            _ => BytesMut::with_capacity(WRITE_BUFFER),
         }
     }
 
@@ -224,14 +243,15 @@ impl LocalWriter {
         }
         let file = self.settle().await?;
         let tmp = self.tmp_path.clone();
-        let data = std::mem::replace(&mut self.buffer, BytesMut::with_capacity(WRITE_BUFFER)).freeze();
+        let next = self.next_buffer();
+        let data = std::mem::replace(&mut self.buffer, next).freeze();
         self.in_flight = Some(spawn_blocking(move || {
             let mut file = match file {
                 Some(file) => file,
                 None => create_part(&tmp)?,
             };
             file.write_all(&data)?;
-            Ok(file)
+            Ok((file, data))
         }));
         Ok(())
     }
@@ -248,9 +268,16 @@ impl BlobWriter for LocalWriter {
     }
 
     async fn write(&mut self, chunk: Bytes) -> StoreResult<()> {
-        self.buffer.extend_from_slice(&chunk);
-        if self.buffer.len() >= WRITE_BUFFER {
-            self.flush_buffer().await?;
+        // Fill the buffer exactly to `WRITE_BUFFER`: letting a chunk overflow it would make `BytesMut` grow, i.e.
+        // copy the whole megabyte once more.
+        let mut rest = &chunk[..];
+        while !rest.is_empty() {
+            let take = (WRITE_BUFFER - self.buffer.len()).min(rest.len());
+            self.buffer.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.buffer.len() >= WRITE_BUFFER {
+                self.flush_buffer().await?;
+            }
         }
         Ok(())
     }

@@ -75,8 +75,15 @@ async fn read(store: &dyn BlobStore, id: BlobId, range: Option<std::ops::Range<u
 async fn blobs_round_trip_whole_and_in_ranges() {
     for backend in backends().await {
         let store = backend.store.as_ref();
-        // Empty, tiny, and large enough for several S3 multipart parts.
-        for (len, chunk) in [(0, 1), (1, 1), (100_000, 7_000), (20 * 1024 * 1024 + 5, 1 << 20)] {
+        // Empty, tiny, large enough for several S3 multipart parts, and chunks that straddle the local store's
+        // 1 MiB write buffer (each one split across two writes).
+        for (len, chunk) in [
+            (0, 1),
+            (1, 1),
+            (100_000, 7_000),
+            (20 * 1024 * 1024 + 5, 1 << 20),
+            (3 * 1024 * 1024 + 17, 300_007),
+        ] {
             let bytes = pattern(len);
             let id = put(store, &bytes, chunk).await;
             assert_eq!(read(store, id, None).await, bytes, "{} {len}", backend.name);
