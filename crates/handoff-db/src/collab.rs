@@ -291,12 +291,27 @@ macro_rules! collaboration_store {
                     }
                 }
                 for file in files {
-                    sqlx::query(q(
+                    bind_file_columns(sqlx::query(q(
                         "INSERT INTO files (key, blob_id, owner_id, name, size, sha256, content_type, visibility,
                              created_at, updated_at, team_id, expires_at, upload_link_id)
                          VALUES ($1, CAST($2 AS {uuid}), CAST($3 AS {uuid}), $4, $5, $6, $7, $8, $9, $10,
                              CAST($11 AS {uuid}), $12, CAST($13 AS {uuid}))",
-                    ))
+                    )), file)?
+                    .bind(file.upload_link.map(|l| l.0.to_string()))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(store_error)?;
+                }
+                Ok(CommitOutcome::Committed)
+            }
+
+            /// Binds a file row as `$1`–`$12`, in the column order of `INSERT INTO files (key, …, expires_at)`: the
+            /// general commit and SQLite's single-file commit (`sqlite_group.rs`) insert the same row.
+            pub(super) fn bind_file_columns<'q>(
+                query: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments>,
+                file: &'q FileRecord,
+            ) -> StoreResult<sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments>> {
+                Ok(query
                     .bind(file.key.as_str())
                     .bind(file.blob.0.to_string())
                     .bind(file.owner.0.to_string())
@@ -308,13 +323,7 @@ macro_rules! collaboration_store {
                     .bind(micros(file.created_at))
                     .bind(micros(file.updated_at))
                     .bind(file.team.map(|t| t.0.to_string()))
-                    .bind(file.expires_at.map(micros))
-                    .bind(file.upload_link.map(|l| l.0.to_string()))
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(store_error)?;
-                }
-                Ok(CommitOutcome::Committed)
+                    .bind(file.expires_at.map(micros)))
             }
 
             #[async_trait]

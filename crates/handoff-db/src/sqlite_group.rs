@@ -22,8 +22,8 @@ use sqlx::error::ErrorKind;
 use tokio::sync::oneshot;
 
 use super::SqliteStore;
-use super::collab_impl::commit_files_in;
-use crate::{micros, store_error};
+use super::collab_impl::{bind_file_columns, commit_files_in};
+use crate::store_error;
 
 /// Callers per transaction at most: bounds the transaction (and the time the writer is held for it).
 const MAX_BATCH: usize = 256;
@@ -158,19 +158,7 @@ async fn commit_single(
              AND (NOT $14 OR COALESCE(quota_bytes, $15) IS NULL OR used_bytes + $5 <= COALESCE(quota_bytes, $15))
              AND (NOT $14 OR COALESCE(quota_files, $16) IS NULL OR used_files + 1 <= COALESCE(quota_files, $16)))"
     ));
-    let inserted = sqlx::query(insert)
-        .bind(file.key.as_str())
-        .bind(file.blob.0.to_string())
-        .bind(file.owner.0.to_string())
-        .bind(file.name.as_str())
-        .bind(size)
-        .bind(&file.sha256)
-        .bind(&file.content_type)
-        .bind(file.visibility.as_str())
-        .bind(micros(file.created_at))
-        .bind(micros(file.updated_at))
-        .bind(file.team.map(|t| t.0.to_string()))
-        .bind(file.expires_at.map(micros))
+    let inserted = bind_file_columns(sqlx::query(insert), file)?
         .bind(&account)
         .bind(rules.enforce_quota)
         .bind(quota(rules.default_quota.bytes))
