@@ -9,8 +9,8 @@
 //! There is no timer and no waiting for company: a batch is whatever queued up while the previous batch was
 //! being committed, so a lone upload commits at once.
 //!
-//! Every statement is a round trip to sqlx's connection thread (two thread switches), and those switches, not
-//! SQLite, were most of a small upload's CPU time (bench/RESULTS.md, "Small uploads: the commit's round trips").
+//! Every statement is a round trip to sqlx's connection thread (two thread switches), and those switches are a
+//! large share of a small upload's CPU time (bench/RESULTS.md, "Small uploads: the commit's round trips").
 //! So the common case, one file with no upload link, takes two statements and no savepoint
 //! ([`commit_single`]): an `INSERT … SELECT … WHERE` the account has room, which inserts the row or nothing, then
 //! the usage `UPDATE`, which cannot be refused once the insert happened. Everything else takes the general path.
@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 
 use super::SqliteStore;
 use super::collab_impl::{bind_file_columns, commit_files_in};
+use crate::collab::opt_u64;
 use crate::store_error;
 
 /// Callers per transaction at most: bounds the transaction (and the time the writer is held for it).
@@ -148,7 +149,6 @@ async fn commit_single(
         Account::Team(id) => ("teams", id.0.to_string()),
     };
     let size = i64::try_from(file.size).map_err(|_| StoreError::Corrupt("size beyond i64".into()))?;
-    let quota = |v: Option<u64>| v.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
     // `table` is one of two constants, never input.
     let insert = sqlx::AssertSqlSafe(format!(
         "INSERT INTO files (key, blob_id, owner_id, name, size, sha256, content_type, visibility, created_at,
@@ -161,8 +161,8 @@ async fn commit_single(
     let inserted = bind_file_columns(sqlx::query(insert), file)?
         .bind(&account)
         .bind(rules.enforce_quota)
-        .bind(quota(rules.default_quota.bytes))
-        .bind(quota(rules.default_quota.files))
+        .bind(opt_u64(rules.default_quota.bytes))
+        .bind(opt_u64(rules.default_quota.files))
         .bind(file.upload_link.map(|l| l.0.to_string()))
         .execute(&mut **tx)
         .await;
