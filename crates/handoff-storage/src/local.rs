@@ -4,11 +4,14 @@
 //! `<shard>` is the last two hex digits of the id (UUIDv7 starts with the time, so the tail spreads evenly).
 //! Commit = write everything, `fdatasync` the file, rename into place, `fsync` the directory: after `commit`
 //! returns the blob survives a crash or power loss, and before it nothing exists under its final name.
+//! A blob of at most 64 KiB is committed as a row of `small.sqlite3` instead (`local_small.rs`: one sync per
+//! batch of uploads instead of two per file); reads, deletes and listings look in both places.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -23,6 +26,10 @@ use crate::OpenError;
 mod direct;
 #[path = "local_resumable.rs"]
 mod resumable;
+#[path = "local_small.rs"]
+mod small;
+
+use small::{SMALL_BLOB, SmallBlobs};
 
 /// Bytes gathered before each write system call: large enough that syscall and thread-hop overhead vanish,
 /// small enough to keep per-upload memory trivial.
@@ -36,17 +43,29 @@ const INLINE_READ: u64 = 64 << 10;
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     root: PathBuf,
+    small: Arc<SmallBlobs>,
 }
 
 impl LocalStore {
     pub async fn open(root: PathBuf) -> Result<Self, OpenError> {
-        let store = Self { root };
-        for dir in [store.tmp_dir(), store.blobs_dir()] {
+        for dir in [root.join("tmp"), root.join("blobs")] {
             tokio::fs::create_dir_all(&dir)
                 .await
                 .map_err(|source| OpenError::Io { path: dir, source })?;
         }
-        Ok(store)
+        let small_root = root.clone();
+        let small = spawn_blocking(move || SmallBlobs::open(&small_root))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|opened| opened)
+            .map_err(|source| OpenError::Io {
+                path: root.join(small::DATABASE),
+                source,
+            })?;
+        Ok(Self {
+            root,
+            small: Arc::new(small),
+        })
     }
 
     fn tmp_dir(&self) -> PathBuf {
@@ -94,6 +113,7 @@ impl BlobStore for LocalStore {
             id,
             tmp_path,
             final_path,
+            small: self.small.clone(),
             file: None,
             in_flight: None,
             buffer: BytesMut::new(),
@@ -103,17 +123,21 @@ impl BlobStore for LocalStore {
     }
 
     async fn open(&self, id: BlobId, range: Option<Range<u64>>) -> StoreResult<BlobReader> {
-        let path = self.blob_path(id);
         // Opening, and reading a small blob, happen right here on the async worker, as nginx does on its event
         // loop: they take microseconds from the page cache, less than the hand-off to the blocking pool and back
         // (two thread switches, the largest cost of a small download). Larger reads stream from the pool.
-        let opened = (|| {
+        if let Some(bytes) = self.small.read(id)? {
+            let range = checked_range(range, bytes.len() as u64).map_err(StoreError::from)?;
+            let bytes = bytes.slice(range.start as usize..range.end as usize);
+            return Ok(BlobReader {
+                len: bytes.len() as u64,
+                stream: Box::pin(futures::stream::iter([Ok(bytes)])),
+            });
+        }
+        let path = self.blob_path(id);
+        let opened = (|| -> io::Result<Opened> {
             let mut file = File::open(path)?;
-            let total = file.metadata()?.len();
-            let range = range.unwrap_or(0..total);
-            if range.end > total || range.start > range.end {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, "range beyond blob"));
-            }
+            let range = checked_range(range, file.metadata()?.len())?;
             file.seek(SeekFrom::Start(range.start))?;
             let len = range.end - range.start;
             if len <= INLINE_READ {
@@ -140,6 +164,9 @@ impl BlobStore for LocalStore {
     }
 
     async fn delete(&self, id: BlobId) -> StoreResult<()> {
+        if self.small.delete(id).await? {
+            return Ok(());
+        }
         let path = self.blob_path(id);
         blocking(move || match fs::remove_file(&path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -150,8 +177,12 @@ impl BlobStore for LocalStore {
 
     async fn list_older_than(&self, min_age: Duration) -> StoreResult<Vec<BlobId>> {
         let blobs = self.blobs_dir();
-        blocking(move || {
-            let cutoff = SystemTime::now() - min_age;
+        let small = self.small.clone();
+        let cutoff = SystemTime::now() - min_age;
+        let mut ids = spawn_blocking(move || small.list_older_than(cutoff))
+            .await
+            .map_err(StoreError::other)??;
+        let files = blocking(move || {
             let mut ids = Vec::new();
             for shard in fs::read_dir(blobs)? {
                 let shard = shard?;
@@ -170,7 +201,9 @@ impl BlobStore for LocalStore {
             }
             Ok(ids)
         })
-        .await
+        .await?;
+        ids.extend(files);
+        Ok(ids)
     }
 
     async fn sweep_incomplete(&self, min_age: Duration) -> StoreResult<u64> {
@@ -190,6 +223,15 @@ impl BlobStore for LocalStore {
     }
 }
 
+/// `range` (the whole blob if `None`) if it lies within a blob of `total` bytes.
+fn checked_range(range: Option<Range<u64>>, total: u64) -> io::Result<Range<u64>> {
+    let range = range.unwrap_or(0..total);
+    if range.end > total || range.start > range.end {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "range beyond blob"));
+    }
+    Ok(range)
+}
+
 enum Opened {
     Read(Bytes),
     Stream(File, u64),
@@ -199,6 +241,7 @@ struct LocalWriter {
     id: BlobId,
     tmp_path: PathBuf,
     final_path: PathBuf,
+    small: Arc<SmallBlobs>,
     /// Held here between writes; owned by `in_flight` while a write runs. Opened at the first write that
     /// reaches the disk: a small file is opened, written, synced and renamed in one blocking call at commit.
     file: Option<File>,
@@ -283,6 +326,13 @@ impl BlobWriter for LocalWriter {
     }
 
     async fn commit(mut self: Box<Self>) -> StoreResult<()> {
+        if self.file.is_none() && self.in_flight.is_none() && self.buffer.len() <= SMALL_BLOB {
+            // Nothing reached the disk yet and it all fits: a row, synced with the rest of its batch.
+            let bytes = std::mem::take(&mut self.buffer).freeze();
+            self.small.put(self.id, bytes).await?;
+            self.committed = true;
+            return Ok(());
+        }
         // Whatever is still buffered is written by the same blocking call that syncs and renames.
         let file = self.settle().await?;
         let rest = std::mem::take(&mut self.buffer).freeze();

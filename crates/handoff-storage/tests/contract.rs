@@ -75,11 +75,15 @@ async fn read(store: &dyn BlobStore, id: BlobId, range: Option<std::ops::Range<u
 async fn blobs_round_trip_whole_and_in_ranges() {
     for backend in backends().await {
         let store = backend.store.as_ref();
-        // Empty, tiny, large enough for several S3 multipart parts, and chunks that straddle the local store's
-        // 1 MiB write buffer (each one split across two writes).
+        // Empty, tiny, both sides of the local store's small-blob bound (64 KiB: a database row, else a file),
+        // large enough for several S3 multipart parts, and chunks that straddle the local store's 1 MiB write
+        // buffer (each one split across two writes).
         for (len, chunk) in [
             (0, 1),
             (1, 1),
+            (4096, 1000),
+            (64 << 10, 64 << 10),
+            ((64 << 10) + 1, 4096),
             (100_000, 7_000),
             (20 * 1024 * 1024 + 5, 1 << 20),
             (3 * 1024 * 1024 + 17, 300_007),
@@ -160,6 +164,81 @@ async fn delete_is_idempotent_and_listing_sees_committed_blobs() {
             backend.name
         );
         assert_eq!(read(store, b, None).await, b"b");
+    }
+}
+
+/// The local store keeps small blobs as rows of one database and larger ones as files: both kinds survive the
+/// store being closed and opened again, and a deletion of either kind stays deleted.
+#[tokio::test]
+async fn local_blobs_of_both_kinds_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let (small, large) = (pattern(4096), pattern(200_000));
+    let (small_id, large_id, gone_small, gone_large) = {
+        let store = handoff_storage::open(&url).await.unwrap();
+        let ids = (
+            put(store.as_ref(), &small, 512).await,
+            put(store.as_ref(), &large, 65_536).await,
+            put(store.as_ref(), b"short-lived", 4).await,
+            put(store.as_ref(), &pattern(100_000), 100_000).await,
+        );
+        store.delete(ids.2).await.unwrap();
+        store.delete(ids.3).await.unwrap();
+        ids
+    };
+    let store = handoff_storage::open(&url).await.unwrap();
+    assert_eq!(read(store.as_ref(), small_id, None).await, small);
+    assert_eq!(read(store.as_ref(), large_id, None).await, large);
+    assert_eq!(read(store.as_ref(), small_id, Some(100..4000)).await, small[100..4000]);
+    assert!(matches!(
+        store.open(small_id, Some(10..4097)).await,
+        Err(StoreError::Other(_))
+    ));
+    for gone in [gone_small, gone_large] {
+        assert!(matches!(store.open(gone, None).await, Err(StoreError::NotFound)));
+    }
+    let mut listed = store.list_older_than(Duration::ZERO).await.unwrap();
+    listed.sort();
+    let mut expected = vec![small_id, large_id];
+    expected.sort();
+    assert_eq!(listed, expected);
+}
+
+/// Many small blobs committed at once (they share transactions in the local store) are each durable and
+/// intact, and deletions queued among them apply to exactly the blobs named.
+#[tokio::test]
+async fn concurrent_small_blobs_are_kept_apart() {
+    for backend in backends().await {
+        let store = backend.store.clone();
+        let puts = (0..200_usize).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let bytes = pattern(1 + i * 37);
+                let id = put(store.as_ref(), &bytes, 1000).await;
+                if i % 3 == 0 {
+                    store.delete(id).await.unwrap();
+                }
+                (i, id, bytes)
+            })
+        });
+        for handle in futures::future::join_all(puts).await {
+            let (i, id, bytes) = handle.unwrap();
+            if i % 3 == 0 {
+                assert!(
+                    matches!(store.open(id, None).await, Err(StoreError::NotFound)),
+                    "{} {i}",
+                    backend.name
+                );
+            } else {
+                assert_eq!(read(store.as_ref(), id, None).await, bytes, "{} {i}", backend.name);
+            }
+        }
+        assert_eq!(
+            store.list_older_than(Duration::ZERO).await.unwrap().len(),
+            133,
+            "{}",
+            backend.name
+        );
     }
 }
 

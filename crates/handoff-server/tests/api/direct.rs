@@ -520,7 +520,7 @@ async fn aborted_and_expired_sessions_give_their_parts_back_on_every_backend() {
             .await;
         assert!(left.is_err() || left.unwrap().is_empty(), "{backend:?}");
         if backend == Backend::Embedded {
-            assert!(app.stored_files().is_empty(), "{:?}", app.stored_files());
+            assert!(app.stored_blobs().await.is_empty(), "{:?}", app.stored_blobs().await);
         }
         assert!(app.put_bytes(&kept_url, part.clone()).await.0.is_client_error());
         assert_eq!(app.blob_count().await, 0);

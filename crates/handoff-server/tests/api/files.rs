@@ -196,9 +196,9 @@ async fn a_failing_part_discards_the_whole_multipart_request() {
     let list: Value = app.list(&alice.token, &[]).await.json().await.unwrap();
     assert_eq!(list["files"].as_array().unwrap().len(), 0, "all or nothing");
     assert!(
-        app.stored_files().is_empty(),
+        app.stored_blobs().await.is_empty(),
         "no stray bytes: {:?}",
-        app.stored_files()
+        app.stored_blobs().await
     );
 }
 
@@ -224,7 +224,7 @@ async fn max_file_size_is_enforced_while_streaming() {
     assert_problem(response, StatusCode::PAYLOAD_TOO_LARGE, "file_too_large").await;
     let list: Value = app.list(&alice.token, &[]).await.json().await.unwrap();
     assert_eq!(list["files"].as_array().unwrap().len(), 1);
-    assert_eq!(app.stored_files().len(), 1, "only the accepted blob remains");
+    assert_eq!(app.stored_blobs().await.len(), 1, "only the accepted blob remains");
 }
 
 #[tokio::test]
@@ -454,7 +454,7 @@ async fn delete_removes_the_file_and_its_bytes() {
     let alice = app.user("alice").await;
     let keep = app.upload_ok(&alice.token, "keep.bin", random_bytes(1000, 4)).await;
     let gone = app.upload_ok(&alice.token, "gone.bin", random_bytes(1000, 5)).await;
-    assert_eq!(app.stored_files().len(), 2);
+    assert_eq!(app.stored_blobs().await.len(), 2);
     let key = gone["key"].as_str().unwrap();
     assert_eq!(app.delete(&alice.token, key).await.status(), StatusCode::NO_CONTENT);
     assert_problem(
@@ -469,7 +469,11 @@ async fn delete_removes_the_file_and_its_bytes() {
         "file_not_found",
     )
     .await;
-    assert_eq!(app.stored_files().len(), 1, "the deleted file's bytes are collected");
+    assert_eq!(
+        app.stored_blobs().await.len(),
+        1,
+        "the deleted file's bytes are collected"
+    );
     assert_eq!(
         app.content(&alice.token, keep["key"].as_str().unwrap()).await.status(),
         StatusCode::OK
@@ -534,11 +538,20 @@ async fn hostile_names_are_metadata_only() {
             assert_eq!(download.text().await.unwrap(), "content");
         }
     }
-    // Nothing was written outside the blob store's own server-named layout.
-    for path in app.stored_files() {
-        let name = path.file_name().unwrap().to_str().unwrap();
-        assert_eq!(name.len(), 32, "blob files carry server-made names only: {path:?}");
-        assert!(name.bytes().all(|b| b.is_ascii_hexdigit()));
+    // Nothing was written outside the blob store's own server-named layout: every path under the storage
+    // directory is its small-blob database or made of server-made names.
+    let mut paths = vec![app.storage_dir()];
+    while let Some(dir) = paths.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let (path, name) = (entry.path(), entry.file_name().into_string().unwrap());
+            if entry.file_type().unwrap().is_dir() {
+                paths.push(path);
+                continue;
+            }
+            let database = dir == app.storage_dir() && name.starts_with("small.sqlite3");
+            let hex = name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit());
+            assert!(database || hex, "blob files carry server-made names only: {path:?}");
+        }
     }
     assert!(!app.data_dir.path().join("etc").exists());
 }
@@ -556,7 +569,7 @@ async fn bad_upload_queries_are_rejected() {
         .await
         .unwrap();
     assert_problem(response, StatusCode::BAD_REQUEST, "invalid_query").await;
-    assert!(app.stored_files().is_empty());
+    assert!(app.stored_blobs().await.is_empty());
 }
 
 #[tokio::test]
@@ -602,7 +615,7 @@ async fn orphaned_blobs_are_collected_after_the_grace_period() {
     let mut writer = app.state.blobs.create().await.unwrap();
     writer.write(bytes::Bytes::from_static(b"orphan")).await.unwrap();
     writer.commit().await.unwrap();
-    assert_eq!(app.stored_files().len(), 2);
+    assert_eq!(app.stored_blobs().await.len(), 2);
     let young = handoff_server::maintenance::collect(&app.state, std::time::Duration::from_secs(3600))
         .await
         .unwrap();
@@ -611,7 +624,7 @@ async fn orphaned_blobs_are_collected_after_the_grace_period() {
         .await
         .unwrap();
     assert_eq!(removed, 1);
-    assert_eq!(app.stored_files().len(), 1);
+    assert_eq!(app.stored_blobs().await.len(), 1);
     assert_eq!(
         app.content(&alice.token, kept["key"].as_str().unwrap()).await.status(),
         StatusCode::OK

@@ -196,20 +196,30 @@ impl TestApp {
             .len()
     }
 
-    /// Every file under the local storage directory (committed blobs and partial uploads).
-    pub fn stored_files(&self) -> Vec<PathBuf> {
-        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    /// What the local store holds: every committed blob (by id, whether a file or a row of its small-blob
+    /// database) and every file of an upload in progress (by path).
+    pub async fn stored_blobs(&self) -> Vec<String> {
+        fn walk(dir: &Path, out: &mut Vec<String>) {
             for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 let path = entry.path();
                 if path.is_dir() {
                     walk(&path, out);
                 } else {
-                    out.push(path);
+                    out.push(path.display().to_string());
                 }
             }
         }
-        let mut out = Vec::new();
-        walk(&self.storage_dir(), &mut out);
+        let mut out: Vec<String> = (self.state.blobs.list_older_than(std::time::Duration::ZERO).await)
+            .expect("list blobs")
+            .into_iter()
+            .map(|id| id.0.to_string())
+            .collect();
+        for entry in std::fs::read_dir(self.storage_dir()).into_iter().flatten().flatten() {
+            // Committed blob files were listed above; the database files hold the small ones.
+            if entry.path().is_dir() && entry.file_name() != "blobs" {
+                walk(&entry.path(), &mut out);
+            }
+        }
         out
     }
 

@@ -461,6 +461,22 @@ pub fn blob_files(data_dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// Committed blobs of the local store under `<data-dir>/storage`: its blob files plus the small blobs, which
+/// are rows of `small.sqlite3` (read here the way any SQLite client would, while the server runs).
+pub fn blob_count(data_dir: &Path) -> usize {
+    let database = data_dir.join("storage").join("small.sqlite3");
+    let rows = if database.exists() {
+        let conn = rusqlite::Connection::open_with_flags(&database, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("opening the small-blob database");
+        conn.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
+        conn.query_row("SELECT count(*) FROM blobs", [], |row| row.get::<_, i64>(0))
+            .expect("counting small blobs")
+    } else {
+        0
+    };
+    blob_files(data_dir).len() + usize::try_from(rows).expect("a row count")
+}
+
 /// A chunked upload body that never ends: 2 MiB at once (more than the store's 1 MiB write buffer, so bytes
 /// reach the `.part` file), then 64 KiB every 20 ms. `sent` counts the bytes handed to the HTTP client.
 pub fn endless_body(sent: Arc<AtomicU64>) -> reqwest::Body {

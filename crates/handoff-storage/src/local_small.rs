@@ -1,0 +1,221 @@
+//! Small blobs of the local store: every blob of at most [`SMALL_BLOB`] bytes committed through `create` lives
+//! as one row of `small.sqlite3` under the store's root instead of as a file of its own.
+//!
+//! Why: a file is durable only after an `fdatasync` and a directory `fsync` of its own, two device flushes per
+//! upload, and on ordinary disks those flushes, not the CPU, bound how many small files a server can accept per
+//! second (bench/RESULTS.md, "Small blobs in one database"). Here one thread owns the only writing connection
+//! and commits whatever queued up while its previous transaction was syncing as **one transaction**: one WAL
+//! sync (`synchronous=FULL`) makes a whole batch durable, and each caller is answered only after the
+//! transaction holding its row committed, so an acknowledged blob is exactly as durable as a file.
+//!
+//! The thread is a plain OS thread with rusqlite rather than a pooled sqlx connection: a batch then costs one
+//! wake-up of that thread, not a round trip to a connection thread per statement. Reads take a read-only
+//! connection from a small idle set, on the caller's thread, as reading a small file from the page cache does.
+
+use std::path::Path;
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use handoff_core::{BlobId, StoreError, StoreResult};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension as _, TransactionBehavior, params};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// Largest blob kept in the database. The same bound as a small read in `local.rs`: a blob this size is read in
+/// one go anyway, and SQLite stores it in a handful of overflow pages.
+pub(super) const SMALL_BLOB: usize = 64 << 10;
+/// Database file name under the store's root (beside `blobs/` and `tmp/`).
+pub(super) const DATABASE: &str = "small.sqlite3";
+/// Jobs per transaction at most: bounds the transaction's size and the time callers queued behind it wait.
+const MAX_BATCH: usize = 512;
+/// Idle read-only connections kept for reuse; more may be open at once under load.
+const MAX_IDLE_READERS: usize = 16;
+/// Another process with the database open (a `migrate-storage` run beside the server) may hold the write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+enum Job {
+    Put { id: BlobId, bytes: Bytes },
+    Delete { id: BlobId },
+}
+
+/// What a job answers: for a delete, whether a row was there.
+type Reply = oneshot::Sender<StoreResult<bool>>;
+
+pub(super) struct SmallBlobs {
+    path: std::path::PathBuf,
+    jobs: Sender<(Job, Reply)>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl std::fmt::Debug for SmallBlobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmallBlobs")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SmallBlobs {
+    /// Opens (creating if needed) the database under `root` and starts its writer thread, which ends when the
+    /// last handle to this value is dropped. Blocking: call from the blocking pool.
+    pub(super) fn open(root: &Path) -> std::io::Result<Self> {
+        let path = root.join(DATABASE);
+        let created = !path.exists();
+        let writer = Connection::open(&path).map_err(std::io::Error::other)?;
+        writer
+            .busy_timeout(BUSY_TIMEOUT)
+            .and_then(|()| {
+                writer.execute_batch(
+                    "PRAGMA journal_mode = WAL;
+                     PRAGMA synchronous = FULL;
+                     CREATE TABLE IF NOT EXISTS blobs (
+                         id BLOB PRIMARY KEY NOT NULL,
+                         created_ms INTEGER NOT NULL,
+                         bytes BLOB NOT NULL
+                     );",
+                )
+            })
+            .map_err(std::io::Error::other)?;
+        if created {
+            // The new database file's directory entry must survive a crash like any blob's.
+            super::sync_dir(root)?;
+        }
+        let (jobs, queue) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("handoff-small-blobs".into())
+            .spawn(move || run_writer(writer, queue))?;
+        Ok(Self {
+            path,
+            jobs,
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Stores `bytes` under `id`; returns once the row is durable.
+    pub(super) async fn put(&self, id: BlobId, bytes: Bytes) -> StoreResult<()> {
+        self.submit(Job::Put { id, bytes }).await.map(drop)
+    }
+
+    /// Removes the row of `id`; whether there was one.
+    pub(super) async fn delete(&self, id: BlobId) -> StoreResult<bool> {
+        self.submit(Job::Delete { id }).await
+    }
+
+    async fn submit(&self, job: Job) -> StoreResult<bool> {
+        let (done, answer) = oneshot::channel();
+        let stopped = || StoreError::Unavailable("the small-blob writer has stopped".into());
+        self.jobs.send((job, done)).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// The bytes of `id`, if it is a small blob. Blocking, but only for a page-cache lookup.
+    pub(super) fn read(&self, id: BlobId) -> StoreResult<Option<Bytes>> {
+        self.with_reader(|conn| {
+            conn.prepare_cached("SELECT bytes FROM blobs WHERE id = ?1")?
+                .query_row([id.0.as_bytes()], |row| {
+                    Ok(Bytes::copy_from_slice(row.get_ref(0)?.as_blob()?))
+                })
+                .optional()
+        })
+    }
+
+    /// Small blobs committed at or before `cutoff`. Blocking.
+    pub(super) fn list_older_than(&self, cutoff: SystemTime) -> StoreResult<Vec<BlobId>> {
+        let cutoff_ms = unix_ms(cutoff);
+        self.with_reader(|conn| {
+            let mut select = conn.prepare_cached("SELECT id FROM blobs WHERE created_ms <= ?1")?;
+            let rows = select.query_map([cutoff_ms], |row| row.get::<_, Vec<u8>>(0))?;
+            let mut ids = Vec::new();
+            for id in rows {
+                // A row this store did not write (a malformed id) is not a blob anyone can name: skip it.
+                if let Ok(uuid) = Uuid::from_slice(&id?) {
+                    ids.push(BlobId(uuid));
+                }
+            }
+            Ok(ids)
+        })
+    }
+
+    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
+        let idle = self.readers.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => open_reader(&self.path).map_err(|e| store_error(&e))?,
+        };
+        let result = f(&conn).map_err(|e| store_error(&e));
+        let mut idle = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+        result
+    }
+}
+
+fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
+}
+
+/// The writer thread: one transaction per batch of whatever is queued, until every sender is gone.
+fn run_writer(mut conn: Connection, queue: Receiver<(Job, Reply)>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        match apply(&mut conn, &batch) {
+            Ok(deleted) => {
+                for ((_, done), deleted) in batch.into_iter().zip(deleted) {
+                    let _ = done.send(Ok(deleted));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, jobs = batch.len(), "small-blob transaction failed");
+                for (_, done) in batch {
+                    let _ = done.send(Err(store_error(&e)));
+                }
+            }
+        }
+    }
+}
+
+/// Runs the batch in one transaction; for each job, whether it removed a row.
+fn apply(conn: &mut Connection, batch: &[(Job, Reply)]) -> rusqlite::Result<Vec<bool>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now_ms = unix_ms(SystemTime::now());
+    let mut deleted = Vec::with_capacity(batch.len());
+    {
+        let mut insert = tx.prepare_cached("INSERT INTO blobs (id, created_ms, bytes) VALUES (?1, ?2, ?3)")?;
+        let mut delete = tx.prepare_cached("DELETE FROM blobs WHERE id = ?1")?;
+        for (job, _) in batch {
+            deleted.push(match job {
+                Job::Put { id, bytes } => {
+                    insert.execute(params![id.0.as_bytes(), now_ms, &bytes[..]])?;
+                    false
+                }
+                Job::Delete { id } => delete.execute([id.0.as_bytes()])? > 0,
+            });
+        }
+    }
+    tx.commit()?;
+    Ok(deleted)
+}
+
+fn unix_ms(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn store_error(e: &rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => StoreError::Full,
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Other(e.to_string().into()),
+    }
+}
