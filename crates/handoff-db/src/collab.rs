@@ -108,7 +108,7 @@ macro_rules! collaboration_store {
                 totals.into_values().collect()
             }
 
-            fn account_sql(account: Account) -> (&'static str, String) {
+            pub(super) fn account_sql(account: Account) -> (&'static str, String) {
                 match account {
                     Account::User(id) => ("users", id.0.to_string()),
                     Account::Team(id) => ("teams", id.0.to_string()),

@@ -11,10 +11,16 @@
 //!
 //! Every statement is a round trip to sqlx's connection thread (two thread switches), and those switches are a
 //! large share of a small upload's CPU time (bench/RESULTS.md, "Small uploads: the commit's round trips").
-//! So the common case, one file with no upload link, takes two statements and no savepoint
-//! ([`commit_single`]): an `INSERT … SELECT … WHERE` the account has room, which inserts the row or nothing, then
-//! the usage `UPDATE`, which cannot be refused once the insert happened. Everything else takes the general path.
+//! So the common case, one file with no upload link, avoids per-caller statements. When a batch holds several
+//! such callers ([`commit_together`]), the leader reads each of their accounts' usage once, decides every
+//! caller's quota in arrival order in memory (exact: this transaction is the database's only writer), inserts
+//! every accepted row with **one** multi-row `INSERT`, and charges each account with one `UPDATE`: a handful of
+//! statements per batch instead of two per caller. A lone one ([`commit_single`]) takes two statements: an
+//! `INSERT … SELECT … WHERE` the account has room, which inserts the row or nothing, then the usage `UPDATE`.
+//! Everything else (several files, upload links), and the rare batch whose multi-row insert breaks a constraint
+//! (nothing of it is inserted: SQLite undoes the whole statement), takes the per-caller paths.
 
+use std::fmt::Write as _;
 use std::sync::{Mutex, PoisonError};
 
 use handoff_core::{Account, CommitOutcome, CommitRules, FileRecord, StoreError, StoreResult};
@@ -22,7 +28,7 @@ use sqlx::error::ErrorKind;
 use tokio::sync::oneshot;
 
 use super::SqliteStore;
-use super::collab_impl::{bind_file_columns, commit_files_in};
+use super::collab_impl::{account_sql, bind_file_columns, commit_files_in};
 use crate::collab::opt_u64;
 use crate::store_error;
 
@@ -96,11 +102,30 @@ impl SqliteStore {
             Ok(tx) => tx,
             Err(e) => return fail_all(batch, &store_error(e)),
         };
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for pending in &batch {
+        let mut outcomes: Vec<Option<StoreResult<CommitOutcome>>> = batch.iter().map(|_| None).collect();
+        let simple: Vec<usize> = (0..batch.len()).filter(|&i| is_simple(&batch[i])).collect();
+        if simple.len() > 1 {
+            match commit_together(&mut tx, &batch, &simple).await {
+                Ok(Some(decided)) => {
+                    for (i, outcome) in simple.into_iter().zip(decided) {
+                        outcomes[i] = Some(Ok(outcome));
+                    }
+                }
+                // A row broke a constraint and nothing was inserted: each caller on its own, below.
+                Ok(None) => {}
+                Err(e) => {
+                    drop(tx);
+                    return fail_all(batch, &e);
+                }
+            }
+        }
+        for (pending, slot) in batch.iter().zip(outcomes.iter_mut()) {
+            if slot.is_some() {
+                continue;
+            }
             if let ([file], None) = (pending.files.as_slice(), pending.rules.upload_link) {
                 match commit_single(&mut tx, file, &pending.rules).await {
-                    Ok(outcome) => outcomes.push(outcome),
+                    Ok(outcome) => *slot = Some(outcome),
                     Err(e) => {
                         drop(tx);
                         return fail_all(batch, &e);
@@ -124,15 +149,168 @@ impl SqliteStore {
                 drop(tx);
                 return fail_all(batch, &e);
             }
-            outcomes.push(outcome);
+            *slot = Some(outcome);
         }
         if let Err(e) = tx.commit().await {
             return fail_all(batch, &store_error(e));
         }
         for (pending, outcome) in batch.into_iter().zip(outcomes) {
-            let _ = pending.done.send(outcome);
+            let _ = pending.done.send(outcome.unwrap_or_else(|| Err(interrupted())));
         }
     }
+}
+
+/// One file without an upload link: the callers [`commit_together`] and [`commit_single`] serve.
+fn is_simple(pending: &Pending) -> bool {
+    pending.files.len() == 1 && pending.rules.upload_link.is_none()
+}
+
+/// An account's usage and own quota as read at the start of [`commit_together`], moved by what it accepts.
+struct Room {
+    account: Account,
+    /// `None`: the account's row does not exist (its files are refused as over quota, as the other paths do).
+    usage: Option<(i64, i64, Option<i64>, Option<i64>)>,
+    charged_bytes: i64,
+    charged_files: i64,
+}
+
+/// The callers `members` of `batch` (each [`is_simple`]), decided and inserted together: every account's usage
+/// is read once, quotas are decided in memory in arrival order, the accepted rows go in through one multi-row
+/// `INSERT`, and each account is charged once. `Ok(None)`: that insert broke a constraint and inserted nothing,
+/// so the callers must be committed one by one to find whose row it was.
+async fn commit_together(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    batch: &[Pending],
+    members: &[usize],
+) -> StoreResult<Option<Vec<CommitOutcome>>> {
+    let mut rooms: Vec<Room> = Vec::new();
+    let mut decided = Vec::with_capacity(members.len());
+    let mut accepted: Vec<&FileRecord> = Vec::with_capacity(members.len());
+    for &i in members {
+        let (file, rules) = (&batch[i].files[0], &batch[i].rules);
+        let account = file.account();
+        let at = match rooms.iter().position(|r| r.account == account) {
+            Some(at) => at,
+            None => {
+                rooms.push(Room {
+                    account,
+                    usage: read_usage(tx, account).await?,
+                    charged_bytes: 0,
+                    charged_files: 0,
+                });
+                rooms.len() - 1
+            }
+        };
+        let room = &mut rooms[at];
+        let size = i64::try_from(file.size).map_err(|_| StoreError::Corrupt("size beyond i64".into()))?;
+        let Some((used_bytes, used_files, quota_bytes, quota_files)) = &mut room.usage else {
+            decided.push(CommitOutcome::QuotaExceeded);
+            continue;
+        };
+        // The same rule as the SQL of the other paths: an account's own quota, else the default; none, no limit.
+        let over = |used: i64, adding: i64, own: Option<i64>, default: Option<u64>| {
+            own.or(opt_u64(default))
+                .is_some_and(|q| used.saturating_add(adding) > q)
+        };
+        if rules.enforce_quota
+            && (over(*used_bytes, size, *quota_bytes, rules.default_quota.bytes)
+                || over(*used_files, 1, *quota_files, rules.default_quota.files))
+        {
+            decided.push(CommitOutcome::QuotaExceeded);
+            continue;
+        }
+        *used_bytes = used_bytes.saturating_add(size);
+        *used_files += 1;
+        room.charged_bytes = room.charged_bytes.saturating_add(size);
+        room.charged_files += 1;
+        decided.push(CommitOutcome::Committed);
+        accepted.push(file);
+    }
+    if accepted.is_empty() {
+        return Ok(Some(decided));
+    }
+    let mut sql = String::from(
+        "INSERT INTO files (key, blob_id, owner_id, name, size, sha256, content_type, visibility, created_at,
+             updated_at, team_id, expires_at, upload_link_id) VALUES ",
+    );
+    for row in 0..accepted.len() {
+        let n = row * 12;
+        let _ = write!(
+            sql,
+            "{}(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, NULL)",
+            if row == 0 { "" } else { ", " },
+            n + 1,
+            n + 2,
+            n + 3,
+            n + 4,
+            n + 5,
+            n + 6,
+            n + 7,
+            n + 8,
+            n + 9,
+            n + 10,
+            n + 11,
+            n + 12
+        );
+    }
+    // Built from row counts only, never input. Not kept in the statement cache: its row count varies per batch.
+    let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+    for file in &accepted {
+        insert = bind_file_columns(insert, file)?;
+    }
+    match insert.execute(&mut **tx).await {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(e)) if is_constraint(e.kind()) => return Ok(None),
+        Err(e) => return Err(store_error(e)),
+    }
+    for room in rooms.iter().filter(|r| r.charged_files > 0) {
+        let (table, id) = account_sql(room.account);
+        // `table` is one of two constants, never input.
+        let charge = sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET used_bytes = used_bytes + $1, used_files = used_files + $2 WHERE id = $3"
+        ));
+        let charged = sqlx::query(charge)
+            .bind(room.charged_bytes)
+            .bind(room.charged_files)
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .map_err(store_error)?;
+        if charged.rows_affected() != 1 {
+            return Err(StoreError::Corrupt(
+                "an account's row vanished during its commit".into(),
+            ));
+        }
+    }
+    Ok(Some(decided))
+}
+
+/// An account's `(used_bytes, used_files, quota_bytes, quota_files)`, its own quotas without defaults applied.
+async fn read_usage(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    account: Account,
+) -> StoreResult<Option<(i64, i64, Option<i64>, Option<i64>)>> {
+    let (table, id) = account_sql(account);
+    // `table` is one of two constants, never input.
+    let select = sqlx::AssertSqlSafe(format!(
+        "SELECT used_bytes, used_files, quota_bytes, quota_files FROM {table} WHERE id = $1"
+    ));
+    sqlx::query_as(select)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(store_error)
+}
+
+/// A broken constraint: the statement's own failure, undone with it, not the transaction's.
+fn is_constraint(kind: ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::UniqueViolation
+            | ErrorKind::ForeignKeyViolation
+            | ErrorKind::NotNullViolation
+            | ErrorKind::CheckViolation
+    )
 }
 
 /// One file without an upload link, in two statements that cannot leave half a commit behind: the row goes in
@@ -144,10 +322,7 @@ async fn commit_single(
     file: &FileRecord,
     rules: &CommitRules,
 ) -> StoreResult<StoreResult<CommitOutcome>> {
-    let (table, account) = match file.account() {
-        Account::User(id) => ("users", id.0.to_string()),
-        Account::Team(id) => ("teams", id.0.to_string()),
-    };
+    let (table, account) = account_sql(file.account());
     let size = i64::try_from(file.size).map_err(|_| StoreError::Corrupt("size beyond i64".into()))?;
     // `table` is one of two constants, never input.
     let insert = sqlx::AssertSqlSafe(format!(
@@ -169,15 +344,7 @@ async fn commit_single(
     match inserted {
         Ok(done) if done.rows_affected() == 0 => return Ok(Ok(CommitOutcome::QuotaExceeded)),
         Ok(_) => {}
-        Err(sqlx::Error::Database(e))
-            if matches!(
-                e.kind(),
-                ErrorKind::UniqueViolation
-                    | ErrorKind::ForeignKeyViolation
-                    | ErrorKind::NotNullViolation
-                    | ErrorKind::CheckViolation
-            ) =>
-        {
+        Err(sqlx::Error::Database(e)) if is_constraint(e.kind()) => {
             return Ok(Err(store_error(sqlx::Error::Database(e))));
         }
         Err(e) => return Err(store_error(e)),

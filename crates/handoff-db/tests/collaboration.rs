@@ -747,6 +747,131 @@ async fn a_failing_commit_among_concurrent_ones_fails_alone() {
     }
 }
 
+/// Many concurrent one-file commits (on SQLite they share a transaction and are decided together): quotas are
+/// exact per account — an account's own quota over the default, a team's apart from its members' —, a key clash
+/// fails only its own caller, and usage counts exactly the committed files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_single_file_commits_are_decided_exactly() {
+    async fn commit_each(
+        store: &std::sync::Arc<dyn MetadataStore>,
+        batches: &[Vec<FileRecord>],
+        rules: CommitRules,
+    ) -> Vec<handoff_core::StoreResult<CommitOutcome>> {
+        join_all(
+            batches
+                .iter()
+                .map(|batch| {
+                    let (store, batch) = (store.clone(), batch.clone());
+                    async move { store.commit_files(&batch, &rules).await }
+                })
+                .collect(),
+        )
+        .await
+    }
+    fn committed(
+        batches: &[Vec<FileRecord>],
+        outcomes: &[handoff_core::StoreResult<CommitOutcome>],
+        prefix: char,
+    ) -> usize {
+        batches
+            .iter()
+            .zip(outcomes)
+            .filter(|(b, o)| b[0].name.as_str().starts_with(prefix) && matches!(o, Ok(CommitOutcome::Committed)))
+            .count()
+    }
+    for (backend, store, _scratch) in common::backends("collaboration.db").await {
+        let alice = user(store.as_ref(), "alice").await;
+        let bob = user(store.as_ref(), "bob").await;
+        let carol = user(store.as_ref(), "carol").await;
+        let team = new_team(store.as_ref(), "crew", &alice).await;
+        // Default: 7 files. Bob's own quota: 40 bytes (4 files of 10). The team: its own quota of 3 files.
+        let default = quota(None, Some(7));
+        assert!(
+            store
+                .set_quota(Account::User(bob.id), quota(Some(40), None))
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .set_quota(Account::Team(team.id), quota(None, Some(3)))
+                .await
+                .unwrap()
+        );
+        let at = handoff_core::now();
+        let one = |f: FileRecord| vec![f];
+        let taken = file(&alice, "taken", 1, at);
+        assert_eq!(
+            store.commit_files(&one(taken.clone()), &rules(default)).await.unwrap(),
+            CommitOutcome::Committed
+        );
+        let mut batches = Vec::new();
+        for i in 0..10 {
+            batches.push(one(file(&alice, &format!("a{i}"), 1, at)));
+            batches.push(one(file(&bob, &format!("b{i}"), 10, at)));
+            let mut in_team = file(&alice, &format!("t{i}"), 1, at);
+            in_team.team = Some(team.id);
+            batches.push(one(in_team));
+        }
+        let outcomes = commit_each(&store, &batches, rules(default)).await;
+        for outcome in &outcomes {
+            assert!(
+                matches!(outcome, Ok(CommitOutcome::Committed | CommitOutcome::QuotaExceeded)),
+                "{backend}: {outcome:?}"
+            );
+        }
+        assert_eq!(
+            committed(&batches, &outcomes, 'a'),
+            6,
+            "{backend}: alice had 1 of her 7 files"
+        );
+        assert_eq!(committed(&batches, &outcomes, 'b'), 4, "{backend}: bob's own 40 bytes");
+        assert_eq!(
+            committed(&batches, &outcomes, 't'),
+            3,
+            "{backend}: the team's own 3 files"
+        );
+        assert_eq!(
+            store.usage(Account::User(alice.id), default).await.unwrap(),
+            usage(7, 7, default),
+            "{backend}"
+        );
+        assert_eq!(
+            store.usage(Account::User(bob.id), default).await.unwrap(),
+            usage(40, 4, quota(Some(40), Some(7))),
+            "{backend}"
+        );
+        assert_eq!(
+            store.usage(Account::Team(team.id), default).await.unwrap(),
+            usage(3, 3, quota(None, Some(3))),
+            "{backend}"
+        );
+        assert_eq!(
+            store.list_files(alice.id, None, 100).await.unwrap().len(),
+            7,
+            "{backend}"
+        );
+
+        // A key clash among them fails only its own caller, and nothing of it is stored or charged.
+        let mut clash = file(&carol, "clash", 1, at);
+        clash.key = taken.key.clone();
+        let mut batches: Vec<Vec<FileRecord>> = (0..12).map(|i| one(file(&carol, &format!("c{i}"), 1, at))).collect();
+        batches.insert(1, one(clash));
+        let outcomes = commit_each(&store, &batches, rules(Quota::UNLIMITED)).await;
+        assert!(
+            matches!(outcomes[1], Err(StoreError::Conflict)),
+            "{backend}: {:?}",
+            outcomes[1]
+        );
+        assert_eq!(committed(&batches, &outcomes, 'c'), 12, "{backend}: {outcomes:?}");
+        assert_eq!(
+            store.usage(Account::User(carol.id), Quota::UNLIMITED).await.unwrap(),
+            usage(12, 12, Quota::UNLIMITED),
+            "{backend}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Upload links
 // ---------------------------------------------------------------------------------------------------------------
