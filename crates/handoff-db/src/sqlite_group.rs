@@ -249,25 +249,37 @@ async fn commit_together(
         Err(e) => return Err(store_error(e)),
     }
     for room in rooms.iter().filter(|r| r.charged_files > 0) {
-        let (table, id) = account_sql(room.account);
-        // `table` is one of two constants, never input.
-        let charge = sqlx::AssertSqlSafe(format!(
-            "UPDATE {table} SET used_bytes = used_bytes + $1, used_files = used_files + $2 WHERE id = $3"
-        ));
-        let charged = sqlx::query(charge)
-            .bind(room.charged_bytes)
-            .bind(room.charged_files)
-            .bind(id)
-            .execute(&mut **tx)
-            .await
-            .map_err(store_error)?;
-        if charged.rows_affected() != 1 {
-            return Err(StoreError::Corrupt(
-                "an account's row vanished during its commit".into(),
-            ));
-        }
+        charge(tx, room.account, room.charged_bytes, room.charged_files).await?;
     }
     Ok(Some(decided))
+}
+
+/// Adds to an account's usage, in the transaction whose inserts just saw the account's row: no quota check (the
+/// caller decided), and a missing row is a bug, not a race.
+async fn charge(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    account: Account,
+    bytes: i64,
+    files: i64,
+) -> StoreResult<()> {
+    let (table, id) = account_sql(account);
+    // `table` is one of two constants, never input.
+    let sql = sqlx::AssertSqlSafe(format!(
+        "UPDATE {table} SET used_bytes = used_bytes + $1, used_files = used_files + $2 WHERE id = $3"
+    ));
+    let charged = sqlx::query(sql)
+        .bind(bytes)
+        .bind(files)
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)?;
+    if charged.rows_affected() != 1 {
+        return Err(StoreError::Corrupt(
+            "an account's row vanished during its commit".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// An account's `(used_bytes, used_files, quota_bytes, quota_files)`, its own quotas without defaults applied.
@@ -334,21 +346,7 @@ async fn commit_single(
         }
         Err(e) => return Err(store_error(e)),
     }
-    let charge = sqlx::AssertSqlSafe(format!(
-        "UPDATE {table} SET used_bytes = used_bytes + $1, used_files = used_files + 1 WHERE id = $2"
-    ));
-    let charged = sqlx::query(charge)
-        .bind(size)
-        .bind(&account)
-        .execute(&mut **tx)
-        .await
-        .map_err(store_error)?;
-    if charged.rows_affected() != 1 {
-        // The insert just saw the account's row in this same transaction: this would be a bug, not a race.
-        return Err(StoreError::Corrupt(
-            "the account's row vanished during its commit".into(),
-        ));
-    }
+    charge(tx, file.account(), size, 1).await?;
     Ok(Ok(CommitOutcome::Committed))
 }
 
