@@ -86,7 +86,7 @@ macro_rules! collaboration_store {
                 v.map(from_micros).transpose()
             }
 
-            fn size(v: u64) -> StoreResult<i64> {
+            pub(super) fn size(v: u64) -> StoreResult<i64> {
                 i64::try_from(v).map_err(|_| StoreError::Corrupt("size beyond i64".into()))
             }
 
@@ -305,8 +305,9 @@ macro_rules! collaboration_store {
                 Ok(CommitOutcome::Committed)
             }
 
-            /// Binds a file row as `$1`–`$12`, in the column order of `INSERT INTO files (key, …, expires_at)`: the
-            /// general commit and SQLite's single-file commit (`sqlite_group.rs`) insert the same row.
+            /// Binds a file row's twelve columns in the order of `INSERT INTO files (key, …, expires_at)` (as
+            /// `$1`–`$12`, or as the row's twelve `?`): the general commit and SQLite's one-file commits
+            /// (`sqlite_group.rs`) insert the same row.
             pub(super) fn bind_file_columns<'q>(
                 query: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments>,
                 file: &'q FileRecord,

@@ -27,7 +27,7 @@ use sqlx::error::ErrorKind;
 use tokio::sync::oneshot;
 
 use super::SqliteStore;
-use super::collab_impl::{account_sql, bind_file_columns, commit_files_in};
+use super::collab_impl::{account_sql, bind_file_columns, commit_files_in, size};
 use crate::collab::opt_u64;
 use crate::store_error;
 
@@ -122,8 +122,8 @@ impl SqliteStore {
             if slot.is_some() {
                 continue;
             }
-            if let ([file], None) = (pending.files.as_slice(), pending.rules.upload_link) {
-                match commit_single(&mut tx, file, &pending.rules).await {
+            if is_simple(pending) {
+                match commit_single(&mut tx, &pending.files[0], &pending.rules).await {
                     Ok(outcome) => *slot = Some(outcome),
                     Err(e) => {
                         drop(tx);
@@ -201,7 +201,7 @@ async fn commit_together(
             }
         };
         let room = &mut rooms[at];
-        let size = i64::try_from(file.size).map_err(|_| StoreError::Corrupt("size beyond i64".into()))?;
+        let size = size(file.size)?;
         let Some((used_bytes, used_files, quota_bytes, quota_files)) = &mut room.usage else {
             decided.push(CommitOutcome::QuotaExceeded);
             continue;
@@ -320,7 +320,6 @@ async fn commit_single(
     rules: &CommitRules,
 ) -> StoreResult<StoreResult<CommitOutcome>> {
     let (table, account) = account_sql(file.account());
-    let size = i64::try_from(file.size).map_err(|_| StoreError::Corrupt("size beyond i64".into()))?;
     // `table` is one of two constants, never input.
     let insert = sqlx::AssertSqlSafe(format!(
         "INSERT INTO files (key, blob_id, owner_id, name, size, sha256, content_type, visibility, created_at,
@@ -346,7 +345,7 @@ async fn commit_single(
         }
         Err(e) => return Err(store_error(e)),
     }
-    charge(tx, file.account(), size, 1).await?;
+    charge(tx, file.account(), size(file.size)?, 1).await?;
     Ok(Ok(CommitOutcome::Committed))
 }
 
