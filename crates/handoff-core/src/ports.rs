@@ -147,6 +147,14 @@ pub trait CollaborationStore: Send + Sync {
     async fn commit_files(&self, files: &[FileRecord], rules: &CommitRules) -> StoreResult<CommitOutcome>;
     /// `NotFound` when the account does not exist.
     async fn usage(&self, account: Account, default_quota: Quota) -> StoreResult<Usage>;
+    /// [`usage`](Self::usage), or `None` when neither the account's own quota nor `default_quota` limits it: an
+    /// upload into an unlimited account has no room to check, so a backend that knows the account's quota from
+    /// memory answers without a query (and then without `NotFound` for an account deleted meanwhile: the commit
+    /// decides).
+    async fn usage_if_limited(&self, account: Account, default_quota: Quota) -> StoreResult<Option<Usage>> {
+        let usage = self.usage(account, default_quota).await?;
+        Ok((usage.quota != Quota::UNLIMITED).then_some(usage))
+    }
     /// Sets the account's own quota (`None` fields fall back to the default); `false` when there is no such account.
     async fn set_quota(&self, account: Account, quota: Quota) -> StoreResult<bool>;
     /// A team's files, newest first, strictly after `after`.

@@ -90,6 +90,15 @@ impl Quota {
         bytes: None,
         files: None,
     };
+
+    /// This quota, each unset limit taken from `default`.
+    #[must_use]
+    pub fn or(self, default: Self) -> Self {
+        Self {
+            bytes: self.bytes.or(default.bytes),
+            files: self.files.or(default.files),
+        }
+    }
 }
 
 /// An account's current usage, with the quota that applies to it (its own, or the configured default).

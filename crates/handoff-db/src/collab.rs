@@ -360,6 +360,47 @@ macro_rules! collaboration_store {
                     })
                 }
 
+                async fn usage_if_limited(
+                    &self,
+                    account: Account,
+                    default_quota: Quota,
+                ) -> StoreResult<Option<Usage>> {
+                    let generation = match self.cached_quota(account) {
+                        Ok(own) if own.or(default_quota) == Quota::UNLIMITED => return Ok(None),
+                        Ok(_) => None,
+                        Err(generation) => Some(generation),
+                    };
+                    let (table, id) = account_sql(account);
+                    let row = sqlx::query(q(&format!(
+                        "SELECT used_bytes, used_files, quota_bytes, quota_files
+                         FROM {table} WHERE id = CAST($1 AS {{uuid}})"
+                    )))
+                    .bind(id)
+                    .fetch_optional(self.read())
+                    .await
+                    .map_err(store_error)?
+                    .ok_or(StoreError::NotFound)?;
+                    let limit = |column| -> StoreResult<Option<u64>> {
+                        get::<Option<i64>>(&row, column)?.map(|v| to_u64(v, "quota")).transpose()
+                    };
+                    let own = Quota {
+                        bytes: limit("quota_bytes")?,
+                        files: limit("quota_files")?,
+                    };
+                    if let Some(generation) = generation {
+                        self.remember_quota(account, own, generation);
+                    }
+                    let quota = own.or(default_quota);
+                    if quota == Quota::UNLIMITED {
+                        return Ok(None);
+                    }
+                    Ok(Some(Usage {
+                        bytes: to_u64(get(&row, "used_bytes")?, "used bytes")?,
+                        files: to_u64(get(&row, "used_files")?, "used files")?,
+                        quota,
+                    }))
+                }
+
                 async fn set_quota(&self, account: Account, quota: Quota) -> StoreResult<bool> {
                     let (table, id) = account_sql(account);
                     let done = sqlx::query(q(&format!(
@@ -371,6 +412,7 @@ macro_rules! collaboration_store {
                     .execute(self.write())
                     .await
                     .map_err(store_error)?;
+                    self.quota_changed(account);
                     Ok(done.rows_affected() > 0)
                 }
 

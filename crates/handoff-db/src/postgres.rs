@@ -15,8 +15,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use handoff_core::model::NewRefreshToken;
 use handoff_core::{
-    Account, BlobId, FileCursor, FileKey, FileName, FilePatch, FileRecord, MetadataStore, NewUser, RefreshOutcome,
-    SigningKeyRecord, StoreError, StoreResult, TeamId, UploadLinkId, User, UserId, Username, Visibility,
+    Account, BlobId, FileCursor, FileKey, FileName, FilePatch, FileRecord, MetadataStore, NewUser, Quota,
+    RefreshOutcome, SigningKeyRecord, StoreError, StoreResult, TeamId, UploadLinkId, User, UserId, Username,
+    Visibility,
 };
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
@@ -61,6 +62,14 @@ impl PostgresStore {
     fn user_changed(&self, _user: UserId) {}
 
     fn files_changed(&self) {}
+
+    fn cached_quota(&self, _account: Account) -> Result<Quota, u64> {
+        Err(0)
+    }
+
+    fn remember_quota(&self, _account: Account, _quota: Quota, _generation: u64) {}
+
+    fn quota_changed(&self, _account: Account) {}
 
     /// Connects to the database at `url` (`postgres://` or `postgresql://`) and applies migrations. The database
     /// itself must exist. Fails with `Open(PoolTimedOut)` after about five seconds if the server does not answer.

@@ -10,8 +10,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use handoff_core::model::NewRefreshToken;
 use handoff_core::{
-    Account, BlobId, FileCursor, FileKey, FileName, FilePatch, FileRecord, MetadataStore, NewUser, RefreshOutcome,
-    SigningKeyRecord, StoreError, StoreResult, TeamId, UploadLinkId, User, UserId, Username, Visibility,
+    Account, BlobId, FileCursor, FileKey, FileName, FilePatch, FileRecord, MetadataStore, NewUser, Quota,
+    RefreshOutcome, SigningKeyRecord, StoreError, StoreResult, TeamId, UploadLinkId, User, UserId, Username,
+    Visibility,
 };
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
@@ -42,6 +43,8 @@ pub struct SqliteStore {
     /// `user_by_id` and `file_by_key`, the lookups behind every download, from memory (see `sqlite_cache.rs`).
     users: std::sync::Arc<cache::RowCache<UserId, User>>,
     files: std::sync::Arc<cache::RowCache<FileKey, FileRecord>>,
+    /// Each account's own quota, so that an upload into an unlimited account reads no usage at all.
+    quotas: std::sync::Arc<cache::RowCache<Account, Quota>>,
 }
 
 const FILE_COLUMNS: &str = "key, blob_id, owner_id, name, size, sha256, content_type, visibility, created_at, \
@@ -81,6 +84,7 @@ impl SqliteStore {
             group: std::sync::Arc::default(),
             users: std::sync::Arc::new(cache::RowCache::new(10_000)),
             files: std::sync::Arc::new(cache::RowCache::new(10_000)),
+            quotas: std::sync::Arc::new(cache::RowCache::new(10_000)),
         })
     }
 
@@ -92,6 +96,23 @@ impl SqliteStore {
     /// After a change to any number of file rows has committed (see `sqlite_cache.rs`).
     fn files_changed(&self) {
         self.files.forget_all();
+    }
+
+    /// The account's own quota from memory, or the generation to hand to `remember_quota` after reading it.
+    fn cached_quota(&self, account: Account) -> Result<Quota, u64> {
+        match self.quotas.get(&account) {
+            cache::Cached::Hit(quota) => Ok(quota),
+            cache::Cached::Miss(generation) => Err(generation),
+        }
+    }
+
+    fn remember_quota(&self, account: Account, quota: Quota, generation: u64) {
+        self.quotas.put(account, &quota, generation);
+    }
+
+    /// After a change to `account`'s own quota has committed.
+    fn quota_changed(&self, account: Account) {
+        self.quotas.forget(&account);
     }
 
     fn read(&self) -> &SqlitePool {

@@ -1,5 +1,5 @@
-//! The two lookups every authenticated download makes (`user_by_id`, `file_by_key`), kept in memory by the
-//! SQLite store.
+//! The two lookups every authenticated download makes (`user_by_id`, `file_by_key`), and the account quotas every
+//! upload checks (`usage_if_limited`), kept in memory by the SQLite store.
 //!
 //! Coherent because this process is the database's only writer: every statement that changes a cached row calls
 //! [`RowCache::forget`] (or [`RowCache::forget_all`]) once it has committed, and a read that raced such a change does

@@ -333,11 +333,16 @@ pub async fn own_space(state: &AppState, user: &User) -> ApiResult<upload::Desti
 /// What the user's quota still allows: stored files count, and so do the bytes their unfinished resumable uploads
 /// and direct upload sessions reserve, so that uploads in progress cannot together promise more than the quota.
 async fn personal_room(state: &AppState, user: &User) -> ApiResult<(Option<u64>, Option<u64>)> {
-    let account = handoff_core::Account::User(user.id);
-    let usage = state
-        .meta
-        .usage(account, state.config.quotas.default_for(account))
-        .await?;
+    account_room(state, handoff_core::Account::User(user.id)).await
+}
+
+/// The bytes and files `account` may still take, after what its open resumable and direct uploads reserve;
+/// `None` is unlimited.
+async fn account_room(state: &AppState, account: handoff_core::Account) -> ApiResult<(Option<u64>, Option<u64>)> {
+    let default_quota = state.config.quotas.default_for(account);
+    let Some(usage) = state.meta.usage_if_limited(account, default_quota).await? else {
+        return Ok((None, None));
+    };
     let bytes_left = match usage.bytes_left() {
         None => None,
         Some(left) => {
@@ -372,25 +377,10 @@ pub async fn destination_for(
         }
         None => None,
     };
+    // Resumable uploads into a team (through its upload links) reserve their declared lengths too.
     let (bytes_left, files_left) = match team {
         None => personal_room(state, user).await?,
-        Some(team) => {
-            // Resumable uploads into the team (through its upload links) reserve their declared lengths too.
-            let account = handoff_core::Account::Team(team);
-            let usage = state
-                .meta
-                .usage(account, state.config.quotas.default_for(account))
-                .await?;
-            let bytes_left = match usage.bytes_left() {
-                None => None,
-                Some(left) => {
-                    let reserved = state.meta.open_upload_bytes(account).await?
-                        + state.meta.open_direct_bytes(account, handoff_core::now()).await?;
-                    Some(left.saturating_sub(reserved))
-                }
-            };
-            (bytes_left, usage.files_left())
-        }
+        Some(team) => account_room(state, handoff_core::Account::Team(team)).await?,
     };
     Ok(upload::Destination {
         uploader: user.id,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use reqwest::{Method, Response, StatusCode};
-use serde_json::Value;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::helpers::{Backend, TestApp, all_backends, assert_problem, random_bytes, sha256_hex};
@@ -902,6 +902,43 @@ async fn the_collector_spares_a_finished_blob_whose_upload_is_still_open() {
         .await
         .unwrap();
     assert_eq!(app.blob_count().await, 0);
+}
+
+/// An upload into an account without a quota checks no room, and the server may remember that the account has
+/// none; a quota an admin sets afterwards applies from the very next upload, with what open uploads reserve.
+#[tokio::test]
+async fn a_quota_set_later_applies_to_the_next_upload() {
+    for backend in all_backends() {
+        let app = TestApp::spawn_on(backend, |_| {}).await;
+        let root = app.user("root").await;
+        let alice = app.user("alice").await;
+        app.upload_ok(&alice.token, "before.bin", vec![1u8; 100]).await;
+
+        let response = app
+            .patch_as(
+                &root.token,
+                "/admin/users/alice",
+                json!({ "quota": { "bytes": 1000, "files": null } }),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "{backend:?}");
+        app.tus_new(&alice.token, Some(800)).await;
+        // 100 stored and 800 reserved: 100 bytes remain, though the stored files alone leave 900.
+        let response = app.upload(&alice.token, "after.bin", vec![2u8; 101]).await;
+        assert_problem(response, StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded").await;
+        app.upload_ok(&alice.token, "after.bin", vec![2u8; 100]).await;
+
+        // Lifting the quota again lets the next upload through at once.
+        let response = app
+            .patch_as(
+                &root.token,
+                "/admin/users/alice",
+                json!({ "quota": { "bytes": null, "files": null } }),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "{backend:?}");
+        app.upload_ok(&alice.token, "later.bin", vec![3u8; 2000]).await;
+    }
 }
 
 /// Unfinished uploads count against the quota while they exist: a declared length beyond the room is refused at
