@@ -132,7 +132,7 @@ async fn receive<E>(
     on_body_error: impl Fn(E) -> ApiError,
 ) -> ApiResult<Received> {
     let mut writer = blobs.create().await?;
-    let mut hasher = StreamHasher::default();
+    let mut hasher = Sha256::new();
     let mut size: u64 = 0;
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(&on_body_error)?;
@@ -140,79 +140,16 @@ async fn receive<E>(
         if size > max_size {
             return Err(on_too_large());
         }
-        hasher.update(&chunk).await?;
+        hasher.update(&chunk);
         writer.write(chunk).await?;
     }
     let blob = writer.id();
-    let sha256 = hasher.finish().await?;
     writer.commit().await?;
-    Ok(Received { blob, size, sha256 })
-}
-
-/// Bytes hashed per job on the blocking pool.
-const HASH_JOB: usize = 1 << 20;
-
-/// The SHA-256 of a body as it streams. Every full megabyte is hashed on the blocking pool, one job at a time and
-/// in order, while the next bytes arrive and the previous ones are written. Why: hyper reads the socket only when
-/// the body is polled, so hashing in line makes the receive wait for the hash, and SHA-256 is a big upload's
-/// largest cost (about 1 CPU-s per GiB on some hosts, as much as the socket and the disk together). A body smaller
-/// than one job is hashed in line at the end, without a hand-off.
-struct StreamHasher {
-    state: HasherState,
-    /// Chunks not yet handed to a job (clones share the bytes; nothing is copied).
-    pending: Vec<Bytes>,
-    pending_len: usize,
-}
-
-enum HasherState {
-    Idle(Sha256),
-    Hashing(tokio::task::JoinHandle<Sha256>),
-}
-
-impl Default for StreamHasher {
-    fn default() -> Self {
-        Self {
-            state: HasherState::Idle(Sha256::new()),
-            pending: Vec::new(),
-            pending_len: 0,
-        }
-    }
-}
-
-impl StreamHasher {
-    async fn update(&mut self, chunk: &Bytes) -> ApiResult<()> {
-        self.pending_len += chunk.len();
-        self.pending.push(chunk.clone());
-        if self.pending_len >= HASH_JOB {
-            // Waiting for the previous job here is the backpressure that bounds the memory held.
-            let mut hasher = self.take().await?;
-            let chunks = std::mem::take(&mut self.pending);
-            self.pending_len = 0;
-            self.state = HasherState::Hashing(tokio::task::spawn_blocking(move || {
-                for chunk in &chunks {
-                    hasher.update(chunk);
-                }
-                hasher
-            }));
-        }
-        Ok(())
-    }
-
-    async fn finish(mut self) -> ApiResult<String> {
-        let mut hasher = self.take().await?;
-        for chunk in &self.pending {
-            hasher.update(chunk);
-        }
-        Ok(hex::encode(hasher.finalize()))
-    }
-
-    /// The hasher, once every job handed out so far has run.
-    async fn take(&mut self) -> ApiResult<Sha256> {
-        match std::mem::replace(&mut self.state, HasherState::Idle(Sha256::new())) {
-            HasherState::Idle(hasher) => Ok(hasher),
-            HasherState::Hashing(job) => job.await.map_err(ApiError::internal),
-        }
-    }
+    Ok(Received {
+        blob,
+        size,
+        sha256: hex::encode(hasher.finalize()),
+    })
 }
 
 /// The stored content type: the client's if it is a well-formed media type that says something, otherwise a guess
