@@ -52,7 +52,9 @@ impl AuditLog {
             while let Some(first) = inbox.recv().await {
                 // Gather for up to GATHER after the first event (unless a reader is waiting or the batch is
                 // full): a busy server then writes one transaction, one sync, per interval instead of one per
-                // handful of events.
+                // handful of events. The writer sleeps through the interval rather than waking for every event
+                // (on a busy server each wake-up is a thread hand-off of its own); a reader who asks for a flush
+                // meanwhile waits at most the rest of it.
                 let deadline = tokio::time::Instant::now() + GATHER;
                 let mut next = Some(first);
                 while let Some(message) = next.take() {
@@ -65,8 +67,9 @@ impl AuditLog {
                     }
                     next = match inbox.try_recv() {
                         Ok(message) => Some(message),
-                        Err(_) if waiting.is_empty() => {
-                            tokio::time::timeout_at(deadline, inbox.recv()).await.ok().flatten()
+                        Err(_) if waiting.is_empty() && tokio::time::Instant::now() < deadline => {
+                            tokio::time::sleep_until(deadline).await;
+                            inbox.try_recv().ok()
                         }
                         Err(_) => None,
                     };
