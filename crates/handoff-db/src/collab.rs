@@ -108,6 +108,32 @@ macro_rules! collaboration_store {
                 totals.into_values().collect()
             }
 
+            /// An account's used bytes and files and its own quota (no default applied); `NotFound` without it.
+            async fn read_usage(store: &$store, account: Account) -> StoreResult<(u64, u64, Quota)> {
+                let (table, id) = account_sql(account);
+                let row = sqlx::query(q(&format!(
+                    "SELECT used_bytes, used_files, quota_bytes, quota_files
+                     FROM {table} WHERE id = CAST($1 AS {{uuid}})"
+                )))
+                .bind(id)
+                .fetch_optional(store.read())
+                .await
+                .map_err(store_error)?
+                .ok_or(StoreError::NotFound)?;
+                let limit = |column| -> StoreResult<Option<u64>> {
+                    get::<Option<i64>>(&row, column)?.map(|v| to_u64(v, "quota")).transpose()
+                };
+                let own = Quota {
+                    bytes: limit("quota_bytes")?,
+                    files: limit("quota_files")?,
+                };
+                Ok((
+                    to_u64(get(&row, "used_bytes")?, "used bytes")?,
+                    to_u64(get(&row, "used_files")?, "used files")?,
+                    own,
+                ))
+            }
+
             pub(super) fn account_sql(account: Account) -> (&'static str, String) {
                 match account {
                     Account::User(id) => ("users", id.0.to_string()),
@@ -335,28 +361,11 @@ macro_rules! collaboration_store {
                 }
 
                 async fn usage(&self, account: Account, default_quota: Quota) -> StoreResult<Usage> {
-                    let (table, id) = account_sql(account);
-                    let row = sqlx::query(q(&format!(
-                        "SELECT used_bytes, used_files, COALESCE(quota_bytes, $2) AS quota_bytes,
-                             COALESCE(quota_files, $3) AS quota_files
-                         FROM {table} WHERE id = CAST($1 AS {{uuid}})"
-                    )))
-                    .bind(id)
-                    .bind(opt_u64(default_quota.bytes))
-                    .bind(opt_u64(default_quota.files))
-                    .fetch_optional(self.read())
-                    .await
-                    .map_err(store_error)?
-                    .ok_or(StoreError::NotFound)?;
-                    let quota_bytes: Option<i64> = get(&row, "quota_bytes")?;
-                    let quota_files: Option<i64> = get(&row, "quota_files")?;
+                    let (bytes, files, own) = read_usage(self, account).await?;
                     Ok(Usage {
-                        bytes: to_u64(get(&row, "used_bytes")?, "used bytes")?,
-                        files: to_u64(get(&row, "used_files")?, "used files")?,
-                        quota: Quota {
-                            bytes: quota_bytes.map(|v| to_u64(v, "quota")).transpose()?,
-                            files: quota_files.map(|v| to_u64(v, "quota")).transpose()?,
-                        },
+                        bytes,
+                        files,
+                        quota: own.or(default_quota),
                     })
                 }
 
@@ -370,23 +379,7 @@ macro_rules! collaboration_store {
                         Ok(_) => None,
                         Err(generation) => Some(generation),
                     };
-                    let (table, id) = account_sql(account);
-                    let row = sqlx::query(q(&format!(
-                        "SELECT used_bytes, used_files, quota_bytes, quota_files
-                         FROM {table} WHERE id = CAST($1 AS {{uuid}})"
-                    )))
-                    .bind(id)
-                    .fetch_optional(self.read())
-                    .await
-                    .map_err(store_error)?
-                    .ok_or(StoreError::NotFound)?;
-                    let limit = |column| -> StoreResult<Option<u64>> {
-                        get::<Option<i64>>(&row, column)?.map(|v| to_u64(v, "quota")).transpose()
-                    };
-                    let own = Quota {
-                        bytes: limit("quota_bytes")?,
-                        files: limit("quota_files")?,
-                    };
+                    let (bytes, files, own) = read_usage(self, account).await?;
                     if let Some(generation) = generation {
                         self.remember_quota(account, own, generation);
                     }
@@ -394,11 +387,7 @@ macro_rules! collaboration_store {
                     if quota == Quota::UNLIMITED {
                         return Ok(None);
                     }
-                    Ok(Some(Usage {
-                        bytes: to_u64(get(&row, "used_bytes")?, "used bytes")?,
-                        files: to_u64(get(&row, "used_files")?, "used files")?,
-                        quota,
-                    }))
+                    Ok(Some(Usage { bytes, files, quota }))
                 }
 
                 async fn set_quota(&self, account: Account, quota: Quota) -> StoreResult<bool> {

@@ -15,7 +15,7 @@
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use handoff_core::{BlobId, StoreError, StoreResult};
@@ -168,13 +168,13 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
 fn run_writer(mut conn: Connection, queue: Receiver<(Job, Reply)>) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
-        let deadline = std::time::Instant::now() + GATHER;
+        let deadline = Instant::now() + GATHER;
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(TryRecvError::Disconnected) => break,
                 Err(TryRecvError::Empty) => {
-                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    let left = deadline.saturating_duration_since(Instant::now());
                     match queue.recv_timeout(left) {
                         Ok(job) => batch.push(job),
                         Err(_) => break,
