@@ -71,29 +71,32 @@ impl SqliteStore {
             });
         let mut answer = answer;
         loop {
-            let leader = self.group.leader.lock().await;
+            // Whichever comes first: our answer (another leader committed our files), or the leader lock. A caller
+            // that went on queueing for the lock after its answer came would lead a batch of others' files before
+            // returning; under load every caller then waited its turn to lead behind all the others, and each
+            // batch held only what arrived during one commit (a convoy: bench/RESULTS.md).
+            let leader = tokio::select! {
+                biased;
+                outcome = &mut answer => return outcome.unwrap_or_else(|_| Err(interrupted())),
+                leader = self.group.leader.lock() => leader,
+            };
             let batch: Vec<Pending> = {
                 let mut queue = self.group.queue.lock().unwrap_or_else(PoisonError::into_inner);
                 let n = queue.len().min(MAX_BATCH);
                 queue.drain(..n).collect()
             };
             if batch.is_empty() {
-                // Ours was taken by an earlier leader, which answers it.
-                break;
+                // Ours was taken by a leader that answers it once its transaction commits.
+                drop(leader);
+                return answer.await.unwrap_or_else(|_| Err(interrupted()));
             }
             // The batch runs as its own task: if this caller goes away (client disconnect), the others in the
             // batch still get their transaction committed and their answers.
             let store = self.clone();
             let _ = tokio::spawn(async move { store.commit_batch(batch).await }).await;
             drop(leader);
-            match answer.try_recv() {
-                Ok(outcome) => return outcome,
-                // Ours is still queued (beyond MAX_BATCH): lead again.
-                Err(oneshot::error::TryRecvError::Empty) => continue,
-                Err(oneshot::error::TryRecvError::Closed) => return Err(interrupted()),
-            }
+            // Ours was in that batch, or is still queued (beyond MAX_BATCH) and the loop leads or waits again.
         }
-        answer.await.unwrap_or_else(|_| Err(interrupted()))
     }
 
     async fn commit_batch(&self, batch: Vec<Pending>) {
