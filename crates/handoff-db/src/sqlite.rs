@@ -1,7 +1,8 @@
 //! SQLite backend: the self-hosted default. One file in the data directory, WAL journal, `synchronous=FULL` so an
 //! acknowledged commit survives power loss. Writes go through a single-connection pool (SQLite allows one writer
 //! at a time; queueing in the pool is cheaper and fairer than SQLITE_BUSY retries), reads through a small pool that
-//! runs beside it thanks to WAL. Multi-statement writes use `BEGIN IMMEDIATE`.
+//! runs beside it thanks to WAL. Multi-statement writes use `BEGIN IMMEDIATE`. A connection of its own checkpoints
+//! the WAL into the database beside the writer ([`CHECKPOINT_EVERY`]), so commits do not wait for that work.
 
 use std::str::FromStr;
 use std::sync::LazyLock;
@@ -16,7 +17,7 @@ use handoff_core::{
 };
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{ConnectOptions as _, Row, SqlitePool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -45,7 +46,54 @@ pub struct SqliteStore {
     files: std::sync::Arc<cache::RowCache<FileKey, FileRecord>>,
     /// Each account's own quota, so that an upload into an unlimited account reads no usage at all.
     quotas: std::sync::Arc<cache::RowCache<Account, Quota>>,
+    /// Dropped with the last clone of the store, which ends the checkpointer task.
+    _stop_checkpoints: std::sync::Arc<tokio::sync::oneshot::Sender<()>>,
 }
+
+/// A passive checkpoint every [`CHECKPOINT_EVERY`] (it never waits for the writer, nor the writer for it), until
+/// the store is dropped. `database` is the database file itself.
+async fn run_checkpointer(
+    mut conn: sqlx::SqliteConnection,
+    database: Option<std::sync::Arc<std::fs::File>>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut ticks = tokio::time::interval(CHECKPOINT_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = ticks.tick() => {}
+        }
+        // Busy (the writer's own checkpoint is running) or failed: the next round, or that checkpoint, catches up.
+        let copied: Result<(i64, i64, i64), _> = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&mut conn)
+            .await;
+        match copied {
+            // SQLite syncs the database only after a checkpoint that caught up with the WAL's end, which under
+            // steady writes none here does; the writer's own checkpoint would then sync every page copied since.
+            // Syncing here keeps that writeback off the writer. An extra sync never harms SQLite's guarantees.
+            Ok((_, _, frames)) if frames > 0 && database.is_some() => {
+                let database = database.clone();
+                let sync = move || database.as_deref().map_or(Ok(()), std::fs::File::sync_data);
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(sync).await {
+                    tracing::debug!(error = %e, "database sync after a checkpoint failed");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "checkpoint skipped"),
+        }
+    }
+    let _ = sqlx::Connection::close(conn).await;
+}
+
+/// How often a connection of its own copies the WAL into the database, beside the writer. SQLite's default, a
+/// checkpoint inside the commit that pushes the WAL past 1,000 pages, stalled the writer (and every upload waiting
+/// on its group commit) for milliseconds several times a second under load (bench/RESULTS.md).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
+/// WAL pages after which a commit checkpoints after all: the bound on the WAL when the checkpointer falls behind.
+/// A WAL can start over only once a checkpoint has caught up with every frame, which under steady writes only the
+/// writer's own checkpoint does; most frames are copied by then.
+const WRITER_CHECKPOINT_PAGES: &str = "8192";
 
 const FILE_COLUMNS: &str = "key, blob_id, owner_id, name, size, sha256, content_type, visibility, created_at, \
                             updated_at, team_id, expires_at, upload_link_id";
@@ -67,10 +115,17 @@ impl SqliteStore {
             .max_connections(1)
             .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.clone())
+            .connect_with(options.clone().pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES))
             .await
             .map_err(ConnectError::Open)?;
         migrator().run(&writer).await.map_err(ConnectError::Migrate)?;
+        let checkpointer = options.connect().await.map_err(ConnectError::Open)?;
+        // `None` for a database that is not a file (`:memory:`), which has nothing to sync.
+        let database = std::fs::File::open(options.get_filename())
+            .ok()
+            .map(std::sync::Arc::new);
+        let (stop_checkpoints, stopped) = tokio::sync::oneshot::channel();
+        tokio::spawn(run_checkpointer(checkpointer, database, stopped));
         let reader = SqlitePoolOptions::new()
             .max_connections(8)
             .test_before_acquire(false)
@@ -85,6 +140,7 @@ impl SqliteStore {
             users: std::sync::Arc::new(cache::RowCache::new(10_000)),
             files: std::sync::Arc::new(cache::RowCache::new(10_000)),
             quotas: std::sync::Arc::new(cache::RowCache::new(10_000)),
+            _stop_checkpoints: std::sync::Arc::new(stop_checkpoints),
         })
     }
 
