@@ -59,20 +59,24 @@ async fn run_checkpointer(
 ) {
     let mut ticks = tokio::time::interval(CHECKPOINT_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut progress = (0, 0);
     loop {
         tokio::select! {
             _ = &mut stop => break,
             _ = ticks.tick() => {}
         }
         // Busy (the writer's own checkpoint is running) or failed: the next round, or that checkpoint, catches up.
-        let copied: Result<(i64, i64, i64), _> = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+        let checkpoint: Result<(i64, i64, i64), _> = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
             .fetch_one(&mut conn)
             .await;
-        match copied {
+        match checkpoint {
             // SQLite syncs the database only after a checkpoint that caught up with the WAL's end, which under
             // steady writes none here does; the writer's own checkpoint would then sync every page copied since.
             // Syncing here keeps that writeback off the writer. An extra sync never harms SQLite's guarantees.
-            Ok((_, _, frames)) if frames > 0 && database.is_some() => {
+            // The counts are the WAL's frames and those copied so far: unchanged, nothing new was copied (an idle
+            // server syncs nothing).
+            Ok((_, frames, copied)) if copied > 0 && (frames, copied) != progress && database.is_some() => {
+                progress = (frames, copied);
                 let database = database.clone();
                 let sync = move || database.as_deref().map_or(Ok(()), std::fs::File::sync_data);
                 if let Ok(Err(e)) = tokio::task::spawn_blocking(sync).await {

@@ -187,15 +187,20 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
 /// The checkpointer thread: a passive checkpoint every [`CHECKPOINT_EVERY`] (it never waits for the writer, nor
 /// the writer for it), until the store is dropped. `database` is the database file itself.
 fn run_checkpointer(conn: &Connection, database: &std::fs::File, stop: &Receiver<()>) {
+    let mut progress = (0, 0);
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
         // Busy (another checkpoint is running, e.g. the writer's) or failed: the next round, or the writer's own
         // checkpoint, catches up.
-        let copied = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(2));
-        match copied {
+        let checkpoint = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+        });
+        match checkpoint {
             // SQLite syncs the database only after a checkpoint that caught up with the WAL's end, which under
             // steady writes none here does; the writer's own checkpoint would then sync every page copied since.
             // Syncing here keeps that writeback off the writer. An extra sync never harms SQLite's guarantees.
-            Ok(frames) if frames > 0 => {
+            // Unchanged counts (the WAL's frames, those copied so far): nothing new, and an idle server syncs nothing.
+            Ok((frames, copied)) if copied > 0 && (frames, copied) != progress => {
+                progress = (frames, copied);
                 if let Err(e) = database.sync_data() {
                     tracing::debug!(error = %e, "small-blob database sync after a checkpoint failed");
                 }
