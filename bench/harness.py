@@ -605,7 +605,7 @@ def write_report(res, args, started, elapsed, notes, handoff_bin):
         if wl not in res.data:
             continue
         if wl == "ceiling":
-            parts += [f"### {title}", "", "Handoff's 1 GiB upload divided by each.", "",
+            parts += [f"### {title}", "", f"Handoff's {args.big_mib} MiB upload divided by each.", "",
                       res.table(wl, metrics, ["durable write", "SHA-256"], handoff_from="upload"), ""]
             continue
         if wl == "c2000":
