@@ -121,7 +121,8 @@ crate::collab::collaboration_store!(
     row = super::PgRow,
     uuid = "uuid",
     for_update = "FOR UPDATE",
-    skip_locked = "FOR UPDATE SKIP LOCKED"
+    skip_locked = "FOR UPDATE SKIP LOCKED",
+    anonymous_parameters = false
 );
 
 crate::direct::direct_upload_store!(

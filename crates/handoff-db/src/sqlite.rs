@@ -119,7 +119,16 @@ impl SqliteStore {
             .max_connections(1)
             .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.clone().pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES))
+            .connect_with(
+                options
+                    .clone()
+                    .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
+                    // Statement journals in memory: a multi-row INSERT inside a transaction journals every page it
+                    // changes, so that it can be undone alone, and SQLite spills that journal to a temporary file
+                    // past 64 KiB: a third of the writer's `pwrite`s under small uploads (bench/RESULTS.md). The
+                    // memory is the pages one statement changes, released when it ends.
+                    .pragma("temp_store", "MEMORY"),
+            )
             .await
             .map_err(ConnectError::Open)?;
         migrator().run(&writer).await.map_err(ConnectError::Migrate)?;
@@ -195,7 +204,8 @@ crate::collab::collaboration_store!(
     row = super::SqliteRow,
     uuid = "TEXT",
     for_update = "",
-    skip_locked = ""
+    skip_locked = "",
+    anonymous_parameters = true
 );
 
 crate::direct::direct_upload_store!(
