@@ -81,7 +81,7 @@ impl ApiError {
         )
     }
 
-    /// A 500 whose cause goes to the log with the request's span, not to the client.
+    /// A 500 whose cause goes to the log, not to the client; [`log_server_errors`] then logs its route.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
         Self::new(
@@ -116,6 +116,27 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// Logs every 5xx answer with its method, route template (never the URI: paths and queries carry file keys),
+/// status and latency. The request span is at DEBUG (`lib.rs`), so at the default level this line is where a
+/// failure's route shows; its cause was logged where it happened, just before.
+pub async fn log_server_errors(request: Request, next: axum::middleware::Next) -> Response {
+    let method = request.method().clone();
+    let route = request.extensions().get::<axum::extract::MatchedPath>().cloned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status();
+    if status.is_server_error() {
+        tracing::error!(
+            %method,
+            route = route.as_ref().map_or("<unmatched>", axum::extract::MatchedPath::as_str),
+            status = status.as_u16(),
+            latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "request failed"
+        );
+    }
+    response
 }
 
 /// Store failures translated once, for every handler.

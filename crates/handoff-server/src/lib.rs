@@ -69,15 +69,21 @@ pub fn router(state: AppState) -> Router {
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(json_limit))
+        .layer(axum::middleware::from_fn(error::log_server_errors))
         .layer(
-            // Spans name the route template, never the raw URI: paths and queries carry secret file keys.
-            TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                let route = req
-                    .extensions()
-                    .get::<MatchedPath>()
-                    .map_or("<unmatched>", MatchedPath::as_str);
-                tracing::info_span!("request", method = %req.method(), route)
-            }),
+            // Spans name the route template, never the raw URI: paths and queries carry secret file keys. DEBUG
+            // (`RUST_LOG=handoff_server=debug`), as tower-http's own default: at INFO, creating the span and entering
+            // it on every poll cost about 2 µs of a 4 KiB download's 37 (bench/RESULTS.md). Failures are logged
+            // with their route by `log_server_errors` instead of tower-http's `on_failure`.
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let route = req
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map_or("<unmatched>", MatchedPath::as_str);
+                    tracing::debug_span!("request", method = %req.method(), route)
+                })
+                .on_failure(()),
         )
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
