@@ -630,3 +630,68 @@ async fn orphaned_blobs_are_collected_after_the_grace_period() {
         StatusCode::OK
     );
 }
+
+/// The log lines of everything that runs on this thread (the test's current-thread runtime runs the server too).
+#[derive(Clone, Default)]
+struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_file_whose_bytes_are_gone_is_an_integrity_error_logged_with_its_route() {
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+
+    let app = TestApp::spawn().await;
+    let alice = app.user("alice").await;
+    // Larger than a small blob, so that its bytes are a file of their own.
+    let file = app
+        .upload_ok(&alice.token, "gone.bin", random_bytes(100 * 1024, 7))
+        .await;
+    let key = file["key"].as_str().unwrap();
+    let mut removed = 0;
+    for shard in std::fs::read_dir(app.storage_dir().join("blobs")).unwrap() {
+        for blob in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            std::fs::remove_file(blob.unwrap().path()).unwrap();
+            removed += 1;
+        }
+    }
+    assert_eq!(removed, 1, "the upload's one blob file");
+
+    // The row says the bytes exist: not a 404, and no cause in the answer.
+    let problem = assert_problem(
+        app.content(&alice.token, key).await,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "integrity_error",
+    )
+    .await;
+    assert!(!problem.to_string().contains("missing"), "{problem}");
+
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let failed = logs
+        .lines()
+        .find(|line| line.contains("request failed"))
+        .unwrap_or_else(|| panic!("no failure line in:\n{logs}"));
+    for part in ["ERROR", "method=GET", r#"route="/files/{key}/content""#, "status=500"] {
+        assert!(failed.contains(part), "{part} in {failed}");
+    }
+    assert!(
+        logs.contains("stored data is inconsistent"),
+        "the cause is logged:\n{logs}"
+    );
+    assert!(!logs.contains(key), "a file key reached the log:\n{logs}");
+}
