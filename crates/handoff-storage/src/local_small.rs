@@ -13,6 +13,10 @@
 //! connection from a small idle set, on the caller's thread, as reading a small file from the page cache does.
 //! A second thread checkpoints the WAL into the database (copying pages and syncing the database file) beside
 //! the writer, so that work is not done inside a commit that callers wait for ([`CHECKPOINT_EVERY`]).
+//!
+//! Blobs that were read are kept in a small LRU cache ([`HOT_BYTES`]): a blob's bytes never change once committed,
+//! so only a delete can make an entry wrong, and a delete removes it. Without the cache each download of a small
+//! file took SQLite's shared-memory read locks (two `fcntl` calls) and a query, about a sixth of its CPU time.
 
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
@@ -46,6 +50,9 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
 /// A WAL can start over only once a checkpoint has caught up with every frame, which under steady writes only the
 /// writer's own checkpoint does; most frames are copied by then.
 const WRITER_CHECKPOINT_PAGES: u32 = 8192;
+/// Bytes of recently read blobs kept in memory, at most; small against the server's memory bound (bench/README.md),
+/// and hundreds of typical small files.
+const HOT_BYTES: usize = 4 << 20;
 /// Another process with the database open (a `migrate-storage` run beside the server) may hold the write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -61,6 +68,7 @@ pub(super) struct SmallBlobs {
     path: std::path::PathBuf,
     jobs: Sender<(Job, Reply)>,
     readers: Mutex<Vec<Connection>>,
+    hot: Mutex<HotBlobs>,
     /// Dropped with this value, which ends the checkpointer thread.
     _stop_checkpoints: Sender<()>,
 }
@@ -114,6 +122,7 @@ impl SmallBlobs {
             path,
             jobs,
             readers: Mutex::new(Vec::new()),
+            hot: Mutex::new(HotBlobs::new()),
             _stop_checkpoints: stop_checkpoints,
         })
     }
@@ -125,7 +134,14 @@ impl SmallBlobs {
 
     /// Removes the row of `id`; whether there was one.
     pub(super) async fn delete(&self, id: BlobId) -> StoreResult<bool> {
-        self.submit(Job::Delete { id }).await
+        let deleted = self.submit(Job::Delete { id }).await;
+        // After the row is gone, so that no read can bring the bytes back (see `HotBlobs::put`).
+        self.hot().forget(id);
+        deleted
+    }
+
+    fn hot(&self) -> std::sync::MutexGuard<'_, HotBlobs> {
+        self.hot.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     async fn submit(&self, job: Job) -> StoreResult<bool> {
@@ -137,13 +153,24 @@ impl SmallBlobs {
 
     /// The bytes of `id`, if it is a small blob. Blocking, but only for a page-cache lookup.
     pub(super) fn read(&self, id: BlobId) -> StoreResult<Option<Bytes>> {
-        self.with_reader(|conn| {
+        let generation = {
+            let mut hot = self.hot();
+            if let Some(bytes) = hot.get(id) {
+                return Ok(Some(bytes));
+            }
+            hot.generation
+        };
+        let bytes = self.with_reader(|conn| {
             conn.prepare_cached("SELECT bytes FROM blobs WHERE id = ?1")?
                 .query_row([id.0.as_bytes()], |row| {
                     Ok(Bytes::copy_from_slice(row.get_ref(0)?.as_blob()?))
                 })
                 .optional()
-        })
+        })?;
+        if let Some(bytes) = &bytes {
+            self.hot().put(id, bytes.clone(), generation);
+        }
+        Ok(bytes)
     }
 
     /// Small blobs committed at or before `cutoff`. Blocking.
@@ -175,6 +202,52 @@ impl SmallBlobs {
             idle.push(conn);
         }
         result
+    }
+}
+
+/// The read cache: at most [`HOT_BYTES`] of blob bytes, least recently read evicted first.
+struct HotBlobs {
+    blobs: hashlink::LruCache<BlobId, Bytes>,
+    bytes: usize,
+    /// Bumped by every delete: a read that started before one may have seen the row it removed.
+    generation: u64,
+}
+
+impl HotBlobs {
+    fn new() -> Self {
+        Self {
+            blobs: hashlink::LruCache::new_unbounded(),
+            bytes: 0,
+            generation: 0,
+        }
+    }
+
+    fn get(&mut self, id: BlobId) -> Option<Bytes> {
+        self.blobs.get(&id).cloned()
+    }
+
+    /// Keeps what a read found, unless a delete has happened since the read began (`generation`).
+    fn put(&mut self, id: BlobId, bytes: Bytes, generation: u64) {
+        if generation != self.generation || bytes.len() > HOT_BYTES {
+            return;
+        }
+        self.bytes += bytes.len();
+        if let Some(old) = self.blobs.insert(id, bytes) {
+            self.bytes -= old.len();
+        }
+        while self.bytes > HOT_BYTES {
+            match self.blobs.remove_lru() {
+                Some((_, evicted)) => self.bytes -= evicted.len(),
+                None => break,
+            }
+        }
+    }
+
+    fn forget(&mut self, id: BlobId) {
+        self.generation += 1;
+        if let Some(old) = self.blobs.remove(&id) {
+            self.bytes -= old.len();
+        }
     }
 }
 
