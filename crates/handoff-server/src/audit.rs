@@ -23,7 +23,7 @@ const QUEUE: usize = 10_000;
 const BATCH: usize = 500;
 /// How long the writer keeps gathering events after the first one of a batch. Each batch is a transaction and a
 /// sync on the metadata database's one writer, which the uploads' own commits queue behind: at 20 ms, under 4 KiB
-/// uploads, audit batches were about a third of that writer's commits, and 100 ms gave 7 % more uploads per
+/// uploads, audit batches were about a third of that writer's commits, and 100 ms gave 2–7 % more uploads per
 /// second (bench/RESULTS.md). A reader never waits for the window: its flush ends it.
 const GATHER: Duration = Duration::from_millis(100);
 

@@ -53,6 +53,9 @@ const WRITER_CHECKPOINT_PAGES: u32 = 8192;
 /// Bytes of recently read blobs kept in memory, at most; small against the server's memory bound (bench/README.md),
 /// and hundreds of typical small files.
 const HOT_BYTES: usize = 4 << 20;
+/// What each cached blob is charged beyond its bytes (its key, handle and map slot), so that empty or one-byte blobs
+/// cannot grow the cache past its bound in entries.
+const HOT_ENTRY_OVERHEAD: usize = 128;
 /// Another process with the database open (a `migrate-storage` run beside the server) may hold the write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -205,9 +208,10 @@ impl SmallBlobs {
     }
 }
 
-/// The read cache: at most [`HOT_BYTES`] of blob bytes, least recently read evicted first.
+/// The read cache: at most [`HOT_BYTES`], counting each entry's bytes and overhead, least recently read evicted first.
 struct HotBlobs {
     blobs: hashlink::LruCache<BlobId, Bytes>,
+    /// The sum of [`charge`] over the entries.
     bytes: usize,
     /// Bumped by every delete: a read that started before one may have seen the row it removed.
     generation: u64,
@@ -228,16 +232,16 @@ impl HotBlobs {
 
     /// Keeps what a read found, unless a delete has happened since the read began (`generation`).
     fn put(&mut self, id: BlobId, bytes: Bytes, generation: u64) {
-        if generation != self.generation || bytes.len() > HOT_BYTES {
+        if generation != self.generation || charge(&bytes) > HOT_BYTES {
             return;
         }
-        self.bytes += bytes.len();
+        self.bytes += charge(&bytes);
         if let Some(old) = self.blobs.insert(id, bytes) {
-            self.bytes -= old.len();
+            self.bytes -= charge(&old);
         }
         while self.bytes > HOT_BYTES {
             match self.blobs.remove_lru() {
-                Some((_, evicted)) => self.bytes -= evicted.len(),
+                Some((_, evicted)) => self.bytes -= charge(&evicted),
                 None => break,
             }
         }
@@ -246,9 +250,13 @@ impl HotBlobs {
     fn forget(&mut self, id: BlobId) {
         self.generation += 1;
         if let Some(old) = self.blobs.remove(&id) {
-            self.bytes -= old.len();
+            self.bytes -= charge(&old);
         }
     }
+}
+
+fn charge(bytes: &Bytes) -> usize {
+    bytes.len() + HOT_ENTRY_OVERHEAD
 }
 
 fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
@@ -351,5 +359,26 @@ fn store_error(e: &rusqlite::Error) -> StoreError {
         Some(ErrorCode::DiskFull) => StoreError::Full,
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Unavailable(e.to_string()),
         _ => StoreError::Other(e.to_string().into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_read_cache_stays_within_its_bound_in_bytes_and_in_entries() {
+        let mut hot = HotBlobs::new();
+        let most_entries = HOT_BYTES / HOT_ENTRY_OVERHEAD;
+        for _ in 0..2 * most_entries {
+            hot.put(BlobId::generate(), Bytes::new(), hot.generation);
+        }
+        assert!(hot.blobs.len() <= most_entries, "{} empty blobs kept", hot.blobs.len());
+        for _ in 0..200 {
+            hot.put(BlobId::generate(), Bytes::from(vec![7; SMALL_BLOB]), hot.generation);
+        }
+        assert!(hot.bytes <= HOT_BYTES, "{} bytes kept", hot.bytes);
+        assert_eq!(hot.bytes, hot.blobs.iter().map(|(_, b)| charge(b)).sum::<usize>());
+        assert!(hot.blobs.len() >= HOT_BYTES / charge(&Bytes::from(vec![7; SMALL_BLOB])));
     }
 }
