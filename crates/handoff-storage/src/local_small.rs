@@ -16,7 +16,8 @@
 //!
 //! Blobs that were read are kept in a small LRU cache ([`HOT_BYTES`]): a blob's bytes never change once committed,
 //! so only a delete can make an entry wrong, and a delete removes it. Without the cache each download of a small
-//! file took SQLite's shared-memory read locks (two `fcntl` calls) and a query, about a sixth of its CPU time.
+//! file took SQLite's shared-memory read locks (two `fcntl` calls) and a query: 100 µs of CPU per 4 KiB download
+//! then, 77 µs with it (bench/RESULTS.md).
 
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
